@@ -14,7 +14,7 @@ PACKAGES=(
   libsqlite3-dev sqlite3
   libtorch-dev
   libpcre2-dev libutf8proc-dev
-  python3
+  python3 jq
   nodejs npm
 )
 
