@@ -37,3 +37,10 @@ for mode in special no-special; do
   node "$here/compare_ids.js" "$work/corpus.jsonl" "$work/ids_js_$mode.jsonl" \
     "$work/ids_cc_$mode.jsonl"
 done
+# The whole Brown corpus (about 1.3 M tokens) as well.
+node "$here/encode_reference.js" "$models/tokenizer.json" \
+  "$models/tokenizer_config.json" "$work/bench.jsonl" "$work/ids_js_brown.jsonl"
+"$encode_bin" "$models/tokenizer.json" "$work/bench.jsonl" \
+  "$work/ids_cc_brown.jsonl"
+node "$here/compare_ids.js" "$work/bench.jsonl" "$work/ids_js_brown.jsonl" \
+  "$work/ids_cc_brown.jsonl"

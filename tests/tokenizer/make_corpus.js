@@ -102,6 +102,14 @@ addBytes([0xf4, 0x90, 0x80, 0x80, 0x7a]);           // > U+10FFFF
 addBytes([0x80, 0x80, 0xbf, 0xfe, 0xfe]);           // stray continuation
 addBytes([...Buffer.from("ok <|endoftext|>"), 0xf0, 0x9f, 0x98, ...Buffer.from(" bye")]);
 
+// The demo calibration queries in the ColQwen3 query format (models.md §1.7):
+// strip(query) + ten <|endoftext|> augmentation tokens.
+const demo = path.join(__dirname, "..", "..", "worker", "engine", "tokenizer",
+                       "demo", "queries.jsonl");
+for (const line of fs.readFileSync(demo, "utf8").split("\n").filter((l) => l)) {
+  add(JSON.parse(line).query.trim() + "<|endoftext|>".repeat(10));
+}
+
 // Random mixtures of all of the above and random code points from long
 // assigned blocks (so the Unicode version of ICU vs PCRE2/utf8proc does not
 // matter).
@@ -125,6 +133,20 @@ for (let n = 0; n < 300; ++n) {
     }
   }
   add(s);
+}
+// Random byte strings (mostly invalid UTF-8) and valid text around them.
+const fragments = [[0xc3, 0xa9], [0xe2, 0x82, 0xac], [0xf0, 0x9f, 0x98, 0x80],
+  [0x20], [0x0a], [0x61], [0x27, 0x73]];
+for (let n = 0; n < 200; ++n) {
+  const bytes = [];
+  const len = randInt(1, 30);
+  for (let k = 0; k < len; ++k) {
+    const r = rand();
+    if (r < 0.4) bytes.push(randInt(0x80, 0xff));
+    else if (r < 0.7) bytes.push(...pick(fragments));
+    else bytes.push(randInt(0x20, 0x7e));
+  }
+  addBytes(bytes);
 }
 fs.writeFileSync(path.join(outDir, "corpus.jsonl"), entries.join("\n") + "\n");
 fs.writeFileSync(path.join(outDir, "bench.jsonl"),
