@@ -1,0 +1,532 @@
+#include "server/core/coordinator.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/files.h"
+#include "gtest/gtest.h"
+
+namespace roundhouse::server {
+namespace {
+
+using roundhouse::v1::Job;
+using roundhouse::v1::JobState;
+
+class Recorder : public CoordinatorListener {
+ public:
+  void OnJobSubmitted(int) override { ++submitted; }
+  void OnRetry(RetryReason r) override { retries.push_back(r); }
+  void OnLeaseExpired() override { ++expired; }
+  void OnJobFinished(JobState s, double) override { finished.push_back(s); }
+  int submitted = 0;
+  int expired = 0;
+  std::vector<RetryReason> retries;
+  std::vector<JobState> finished;
+};
+
+// A temp dir with a model root holding model "m" (config.json, calib.jsonl).
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/rh_coord_test_XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    root_ = dir_ + "/models";
+    ASSERT_TRUE(MakeDirs(root_ + "/m").ok());
+    std::ofstream(root_ + "/m/config.json") << "{}";
+    std::ofstream(root_ + "/m/calib.jsonl") << "{\"text\":\"x\"}\n";
+    Open();
+  }
+  void TearDown() override {
+    coord_.reset();
+    RemoveTree(dir_).IgnoreError();
+  }
+  void Open() {
+    coord_.reset();
+    CoordinatorOptions o;
+    o.db_path = dir_ + "/db.sqlite";
+    o.models.model_roots = {root_};
+    o.clock = &clock_;
+    o.tick_interval = absl::ZeroDuration();
+    o.lease_timeout = absl::Seconds(15);
+    o.aging_interval = absl::Seconds(60);
+    o.max_uncounted_retries = 3;
+    auto c = Coordinator::Create(o, &rec_);
+    ASSERT_TRUE(c.ok()) << c.status();
+    coord_ = std::move(*c);
+  }
+  Job Submit(const std::string& json, const std::string& key = "") {
+    roundhouse::v1::SubmitJobRequest req;
+    req.set_spec_json(json);
+    req.set_idempotency_key(key);
+    auto r = coord_->SubmitJob(req);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->job : Job();
+  }
+  std::string Spec(int priority, const std::string& extra = "") {
+    return absl::StrCat("{\"model\":\"m\",\"priority\":", priority, extra,
+                        "}");
+  }
+  void Register(const std::string& id, const std::string& device = "cuda",
+                int64_t memory = 80LL << 30) {
+    roundhouse::v1::RegisterWorkerRequest r;
+    r.set_worker_id(id);
+    r.set_device(device);
+    r.set_memory_bytes(memory);
+    r.set_gpu_count(device == "cuda" ? 1 : 0);
+    ASSERT_TRUE(coord_->RegisterWorker(r).ok());
+  }
+  roundhouse::v1::Lease Lease(const std::string& worker, int64_t free = 0) {
+    roundhouse::v1::LeaseJobRequest r;
+    r.set_worker_id(worker);
+    r.set_wait_seconds(0);
+    r.set_free_memory_bytes(free);
+    auto resp = coord_->LeaseJob(r);
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    return resp.ok() ? resp->lease() : roundhouse::v1::Lease();
+  }
+  roundhouse::v1::LeaseRef Ref(const roundhouse::v1::Lease& l,
+                               const std::string& worker) {
+    roundhouse::v1::LeaseRef ref;
+    ref.set_job_id(l.job_id());
+    ref.set_attempt(l.attempt());
+    ref.set_lease_epoch(l.lease_epoch());
+    ref.set_worker_id(worker);
+    return ref;
+  }
+  absl::Status Fail(const roundhouse::v1::Lease& l, const std::string& worker,
+                    roundhouse::v1::FailureClass fc, int64_t peak = 0) {
+    roundhouse::v1::FailJobRequest r;
+    *r.mutable_lease() = Ref(l, worker);
+    r.mutable_error()->set_failure_class(fc);
+    r.mutable_error()->set_message("boom");
+    r.mutable_error()->set_peak_memory_bytes(peak);
+    return coord_->FailJob(r);
+  }
+  absl::Status Complete(const roundhouse::v1::Lease& l,
+                        const std::string& worker) {
+    roundhouse::v1::CompleteJobRequest r;
+    *r.mutable_lease() = Ref(l, worker);
+    r.mutable_artifact()->set_directory("/art/" + l.job_id());
+    r.mutable_artifact()->set_manifest_json("{\"files\":[]}");
+    return coord_->CompleteJob(r);
+  }
+  roundhouse::v1::LeaseAction Beat(const roundhouse::v1::Lease& l,
+                                   const std::string& worker) {
+    roundhouse::v1::HeartbeatRequest r;
+    r.set_worker_id(worker);
+    *r.add_leases() = Ref(l, worker);
+    auto resp = coord_->Heartbeat(r);
+    EXPECT_TRUE(resp.ok());
+    return resp->actions(0);
+  }
+  JobState StateOf(const std::string& id) { return coord_->GetJob(id)->state(); }
+
+  std::string dir_, root_;
+  FakeClock clock_;
+  Recorder rec_;
+  std::unique_ptr<Coordinator> coord_;
+};
+
+TEST_F(CoordinatorTest, SubmitIsDurableAndIdempotent) {
+  Job a = Submit(Spec(10), "key-1");
+  Job b = Submit(Spec(90), "key-1");
+  EXPECT_EQ(a.job_id(), b.job_id());
+  EXPECT_EQ(b.spec().priority(), 10);
+  Job c = Submit(Spec(10), "key-2");
+  EXPECT_NE(a.job_id(), c.job_id());
+  EXPECT_EQ(coord_->GetJob(a.job_id())->state(),
+            roundhouse::v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(rec_.submitted, 2);
+}
+
+TEST_F(CoordinatorTest, ConcurrentSameKeyMakesOneJob) {
+  std::vector<std::string> ids(16);
+  std::atomic<int> created{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 16; ++i) {
+    threads.emplace_back([&, i] {
+      roundhouse::v1::SubmitJobRequest req;
+      req.set_spec_json(Spec(50));
+      req.set_idempotency_key("same");
+      auto r = coord_->SubmitJob(req);
+      ASSERT_TRUE(r.ok()) << r.status();
+      ids[i] = r->job.job_id();
+      if (r->created) ++created;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(created.load(), 1);
+  for (const auto& id : ids) EXPECT_EQ(id, ids[0]);
+  auto list = coord_->ListJobs({});
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->jobs_size(), 1);
+  // Also after a restart (one row in SQLite).
+  Open();
+  EXPECT_EQ(coord_->ListJobs({})->jobs_size(), 1);
+  EXPECT_EQ(Submit(Spec(50), "same").job_id(), ids[0]);
+}
+
+TEST_F(CoordinatorTest, PriorityThenFifo) {
+  Register("w");
+  Job low1 = Submit(Spec(10));
+  clock_.Advance(absl::Seconds(1));
+  Job high = Submit(Spec(90));
+  clock_.Advance(absl::Seconds(1));
+  Job low2 = Submit(Spec(10));
+  EXPECT_EQ(Lease("w").job_id(), high.job_id());
+  EXPECT_EQ(Lease("w").job_id(), low1.job_id());
+  EXPECT_EQ(Lease("w").job_id(), low2.job_id());
+  EXPECT_FALSE(Lease("w").job_id().size());
+}
+
+TEST_F(CoordinatorTest, AgingLetsOldLowPriorityJobRun) {
+  Register("w");
+  Job old_low = Submit(Spec(10));
+  // 50 points of aging at 60 s per point, plus one more point.
+  clock_.Advance(absl::Seconds(60 * 51));
+  Job new_high = Submit(Spec(60));
+  EXPECT_EQ(Lease("w").job_id(), old_low.job_id());
+  EXPECT_EQ(Lease("w").job_id(), new_high.job_id());
+}
+
+TEST_F(CoordinatorTest, NoAgingYetMeansPriorityWins) {
+  Register("w");
+  Job old_low = Submit(Spec(10));
+  clock_.Advance(absl::Seconds(60 * 49));
+  Job new_high = Submit(Spec(60));
+  EXPECT_EQ(Lease("w").job_id(), new_high.job_id());
+  EXPECT_EQ(Lease("w").job_id(), old_low.job_id());
+}
+
+TEST_F(CoordinatorTest, ResourceFit) {
+  Register("cpu-w", "cpu", 8LL << 30);
+  Register("gpu-w", "cuda", 80LL << 30);
+  Job cuda = Submit(Spec(90, ",\"resources\":{\"device\":\"cuda\"}"));
+  Job big = Submit(
+      Spec(80, ",\"resources\":{\"min_memory_bytes\":\"40000000000\"}"));
+  Job any = Submit(Spec(10));
+  // The cpu worker skips the cuda job and the one needing 40 GB.
+  EXPECT_EQ(Lease("cpu-w").job_id(), any.job_id());
+  EXPECT_EQ(Lease("cpu-w").job_id(), "");
+  // The gpu worker with too little free memory gets only the cuda job.
+  EXPECT_EQ(Lease("gpu-w", 10LL << 30).job_id(), cuda.job_id());
+  EXPECT_EQ(Lease("gpu-w", 10LL << 30).job_id(), "");
+  EXPECT_EQ(Lease("gpu-w", 50LL << 30).job_id(), big.job_id());
+}
+
+TEST_F(CoordinatorTest, UnregisteredWorkerCannotLease) {
+  roundhouse::v1::LeaseJobRequest r;
+  r.set_worker_id("ghost");
+  EXPECT_EQ(coord_->LeaseJob(r).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(CoordinatorTest, LeaseExpiryRequeuesAndFencesOldEpoch) {
+  Register("w1");
+  Register("w2");
+  Job job = Submit(Spec(50));
+  auto l1 = Lease("w1");
+  EXPECT_EQ(l1.attempt(), 1);
+  EXPECT_EQ(l1.lease_epoch(), 1);
+  clock_.Advance(absl::Seconds(10));
+  EXPECT_EQ(Beat(l1, "w1"), roundhouse::v1::LEASE_ACTION_CONTINUE);
+  clock_.Advance(absl::Seconds(10));
+  coord_->Tick();  // renewed at t=10, expires at t=25
+  EXPECT_EQ(StateOf(job.job_id()), roundhouse::v1::JOB_STATE_RUNNING);
+  clock_.Advance(absl::Seconds(6));
+  coord_->Tick();
+  EXPECT_EQ(StateOf(job.job_id()), roundhouse::v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(rec_.expired, 1);
+  ASSERT_EQ(rec_.retries.size(), 1u);
+  EXPECT_EQ(rec_.retries[0], RetryReason::kWorkerLost);
+  auto l2 = Lease("w2");
+  EXPECT_EQ(l2.job_id(), job.job_id());
+  EXPECT_EQ(l2.attempt(), 2);
+  EXPECT_EQ(l2.lease_epoch(), 2);
+  // The old worker is fenced everywhere.
+  EXPECT_EQ(Beat(l1, "w1"), roundhouse::v1::LEASE_ACTION_ABANDON);
+  absl::Status s = Complete(l1, "w1");
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("lease epoch 1"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("stale"), std::string::npos) << s;
+  EXPECT_EQ(Fail(l1, "w1", roundhouse::v1::FAILURE_CLASS_INTERNAL).code(),
+            absl::StatusCode::kFailedPrecondition);
+  Job now = *coord_->GetJob(job.job_id());
+  EXPECT_EQ(now.state(), roundhouse::v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(now.worker_id(), "w2");
+  EXPECT_EQ(now.retries_counted(), 0);
+  EXPECT_TRUE(Complete(l2, "w2").ok());
+  EXPECT_EQ(StateOf(job.job_id()), roundhouse::v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(CoordinatorTest, UncountedRetriesAreCapped) {
+  Register("w");
+  Job job = Submit(Spec(50));
+  for (int i = 0; i < 3; ++i) {
+    auto l = Lease("w");
+    ASSERT_EQ(l.job_id(), job.job_id());
+    EXPECT_TRUE(Fail(l, "w", roundhouse::v1::FAILURE_CLASS_PREEMPTED).ok());
+    EXPECT_EQ(StateOf(job.job_id()), roundhouse::v1::JOB_STATE_QUEUED);
+  }
+  auto l = Lease("w");
+  clock_.Advance(absl::Seconds(16));
+  coord_->Tick();
+  Job j = *coord_->GetJob(job.job_id());
+  EXPECT_EQ(j.state(), roundhouse::v1::JOB_STATE_FAILED);
+  EXPECT_EQ(j.error().failure_class(), roundhouse::v1::FAILURE_CLASS_WORKER_LOST);
+  EXPECT_EQ(j.attempt(), 4);
+  EXPECT_EQ(j.retries_counted(), 0);
+}
+
+TEST_F(CoordinatorTest, InvalidSpecFailsAtOnce) {
+  Register("w");
+  Job job = Submit(Spec(50));
+  auto l = Lease("w");
+  EXPECT_TRUE(Fail(l, "w", roundhouse::v1::FAILURE_CLASS_INVALID_SPEC).ok());
+  Job j = *coord_->GetJob(job.job_id());
+  EXPECT_EQ(j.state(), roundhouse::v1::JOB_STATE_FAILED);
+  EXPECT_EQ(j.error().failure_class(),
+            roundhouse::v1::FAILURE_CLASS_INVALID_SPEC);
+  EXPECT_EQ(Lease("w").job_id(), "");
+}
+
+TEST_F(CoordinatorTest, InternalErrorsUseRetryBudget) {
+  Register("w");
+  Job job = Submit(Spec(50, ",\"max_retries\":1"));
+  auto l1 = Lease("w");
+  EXPECT_TRUE(Fail(l1, "w", roundhouse::v1::FAILURE_CLASS_INTERNAL).ok());
+  EXPECT_EQ(StateOf(job.job_id()), roundhouse::v1::JOB_STATE_QUEUED);
+  auto l2 = Lease("w");
+  EXPECT_TRUE(Fail(l2, "w", roundhouse::v1::FAILURE_CLASS_INTERNAL).ok());
+  Job j = *coord_->GetJob(job.job_id());
+  EXPECT_EQ(j.state(), roundhouse::v1::JOB_STATE_FAILED);
+  EXPECT_EQ(j.retries_counted(), 1);
+  EXPECT_EQ(j.attempt(), 2);
+}
+
+TEST_F(CoordinatorTest, OutOfMemoryFailsWithPeak) {
+  Register("w");
+  Job job = Submit(Spec(50));
+  auto l = Lease("w");
+  EXPECT_TRUE(
+      Fail(l, "w", roundhouse::v1::FAILURE_CLASS_OUT_OF_MEMORY, 12345).ok());
+  Job j = *coord_->GetJob(job.job_id());
+  EXPECT_EQ(j.state(), roundhouse::v1::JOB_STATE_FAILED);
+  EXPECT_EQ(j.error().failure_class(),
+            roundhouse::v1::FAILURE_CLASS_OUT_OF_MEMORY);
+  EXPECT_EQ(j.error().peak_memory_bytes(), 12345);
+}
+
+TEST_F(CoordinatorTest, OutOfMemoryRetriesOnceInLowMemoryMode) {
+  Register("w");
+  Job job = Submit(Spec(50, ",\"allow_low_memory_retry\":true"));
+  auto l1 = Lease("w");
+  EXPECT_FALSE(l1.low_memory());
+  EXPECT_TRUE(Fail(l1, "w", roundhouse::v1::FAILURE_CLASS_OUT_OF_MEMORY).ok());
+  auto l2 = Lease("w");
+  EXPECT_EQ(l2.job_id(), job.job_id());
+  EXPECT_TRUE(l2.low_memory());
+  EXPECT_TRUE(Fail(l2, "w", roundhouse::v1::FAILURE_CLASS_OUT_OF_MEMORY).ok());
+  EXPECT_EQ(StateOf(job.job_id()), roundhouse::v1::JOB_STATE_FAILED);
+  ASSERT_EQ(rec_.retries.size(), 1u);
+  EXPECT_EQ(rec_.retries[0], RetryReason::kOom);
+}
+
+TEST_F(CoordinatorTest, QualityFailureKeepsArtifact) {
+  Register("w");
+  Job job = Submit(Spec(50));
+  auto l = Lease("w");
+  roundhouse::v1::CompleteJobRequest r;
+  *r.mutable_lease() = Ref(l, "w");
+  r.mutable_artifact()->set_directory("/art/x");
+  r.mutable_quality_failure()->set_message("cosine 0.80 < 0.95");
+  ASSERT_TRUE(coord_->CompleteJob(r).ok());
+  Job j = *coord_->GetJob(job.job_id());
+  EXPECT_EQ(j.state(), roundhouse::v1::JOB_STATE_FAILED_QUALITY);
+  EXPECT_EQ(j.artifact().directory(), "/art/x");
+  EXPECT_EQ(j.error().failure_class(),
+            roundhouse::v1::FAILURE_CLASS_QUALITY_GATE);
+}
+
+TEST_F(CoordinatorTest, DeadlineWhileQueued) {
+  Job job = Submit(Spec(50, ",\"deadline_seconds\":30"));
+  clock_.Advance(absl::Seconds(29));
+  coord_->Tick();
+  EXPECT_EQ(StateOf(job.job_id()), roundhouse::v1::JOB_STATE_QUEUED);
+  clock_.Advance(absl::Seconds(2));
+  coord_->Tick();
+  EXPECT_EQ(StateOf(job.job_id()),
+            roundhouse::v1::JOB_STATE_DEADLINE_EXCEEDED);
+  Register("w");
+  EXPECT_EQ(Lease("w").job_id(), "");
+}
+
+TEST_F(CoordinatorTest, DeadlineWhileRunningAbandonsWorker) {
+  Register("w");
+  Job job = Submit(Spec(50, ",\"deadline_seconds\":30"));
+  auto l = Lease("w");
+  clock_.Advance(absl::Seconds(10));
+  EXPECT_EQ(Beat(l, "w"), roundhouse::v1::LEASE_ACTION_CONTINUE);
+  clock_.Advance(absl::Seconds(21));
+  coord_->Tick();
+  EXPECT_EQ(StateOf(job.job_id()),
+            roundhouse::v1::JOB_STATE_DEADLINE_EXCEEDED);
+  EXPECT_EQ(Beat(l, "w"), roundhouse::v1::LEASE_ACTION_ABANDON);
+  EXPECT_EQ(Complete(l, "w").code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(CoordinatorTest, CancelQueuedAndRunning) {
+  Register("w");
+  Job running = Submit(Spec(90));
+  Job queued = Submit(Spec(10));
+  auto l = Lease("w");
+  ASSERT_EQ(l.job_id(), running.job_id());
+  EXPECT_EQ(coord_->CancelJob(queued.job_id())->state(),
+            roundhouse::v1::JOB_STATE_CANCELLED);
+  Job c = *coord_->CancelJob(running.job_id());
+  EXPECT_EQ(c.state(), roundhouse::v1::JOB_STATE_RUNNING);
+  EXPECT_TRUE(c.cancel_requested());
+  EXPECT_EQ(Beat(l, "w"), roundhouse::v1::LEASE_ACTION_CANCEL);
+  EXPECT_TRUE(Fail(l, "w", roundhouse::v1::FAILURE_CLASS_CANCELLED).ok());
+  EXPECT_EQ(StateOf(running.job_id()), roundhouse::v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(Lease("w").job_id(), "");
+}
+
+TEST_F(CoordinatorTest, CancelOfRunningJobWhoseWorkerIsGone) {
+  Register("w");
+  Job job = Submit(Spec(50));
+  auto l = Lease("w");
+  ASSERT_TRUE(coord_->CancelJob(job.job_id()).ok());
+  clock_.Advance(absl::Seconds(16));
+  coord_->Tick();
+  EXPECT_EQ(StateOf(job.job_id()), roundhouse::v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(CoordinatorTest, RestartKeepsQueuedRunningAndTerminalJobs) {
+  Register("w");
+  Job done = Submit(Spec(90));
+  Job running = Submit(Spec(80));
+  Job queued = Submit(Spec(10, ",\"labels\":{\"team\":\"a\"}"));
+  auto l1 = Lease("w");
+  ASSERT_TRUE(Complete(l1, "w").ok());
+  auto l2 = Lease("w");
+  ASSERT_EQ(l2.job_id(), running.job_id());
+  Open();  // restart
+  Job d = *coord_->GetJob(done.job_id());
+  EXPECT_EQ(d.state(), roundhouse::v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(d.artifact().directory(), "/art/" + done.job_id());
+  EXPECT_EQ(d.artifact().manifest_json(), "{\"files\":[]}");
+  Job r = *coord_->GetJob(running.job_id());
+  EXPECT_EQ(r.state(), roundhouse::v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(r.lease_epoch(), l2.lease_epoch());
+  // The running worker may heartbeat on; the queued job is still leasable.
+  EXPECT_EQ(Beat(l2, "w"), roundhouse::v1::LEASE_ACTION_CONTINUE);
+  auto l3 = Lease("w");
+  EXPECT_EQ(l3.job_id(), queued.job_id());
+  EXPECT_EQ(coord_->GetJob(queued.job_id())->spec().labels().at("team"), "a");
+  // A running job whose worker never comes back is requeued after a lease.
+  clock_.Advance(absl::Seconds(16));
+  coord_->Tick();
+  EXPECT_EQ(StateOf(running.job_id()), roundhouse::v1::JOB_STATE_QUEUED);
+}
+
+TEST_F(CoordinatorTest, ListFiltersAndPaginates) {
+  for (int i = 0; i < 5; ++i) {
+    Submit(Spec(50, i % 2 ? ",\"labels\":{\"team\":\"a\"}" : ""));
+  }
+  roundhouse::v1::ListJobsRequest req;
+  (*req.mutable_label_selector())["team"] = "a";
+  EXPECT_EQ(coord_->ListJobs(req)->jobs_size(), 2);
+  roundhouse::v1::ListJobsRequest page;
+  page.set_page_size(2);
+  int seen = 0;
+  while (true) {
+    auto resp = coord_->ListJobs(page);
+    ASSERT_TRUE(resp.ok());
+    seen += resp->jobs_size();
+    if (resp->next_page_token().empty()) break;
+    page.set_page_token(resp->next_page_token());
+  }
+  EXPECT_EQ(seen, 5);
+  roundhouse::v1::ListJobsRequest by_state;
+  by_state.add_states(roundhouse::v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(coord_->ListJobs(by_state)->jobs_size(), 0);
+  roundhouse::v1::ListJobsRequest bad;
+  bad.set_page_token("xyz");
+  EXPECT_EQ(coord_->ListJobs(bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CoordinatorTest, WatchSeesSnapshotThenChanges) {
+  Register("w");
+  Job job = Submit(Spec(50));
+  std::vector<std::pair<JobState, std::string>> events;
+  auto id = coord_->Watch(job.job_id(), [&](const Job& j, const std::string& k) {
+    events.emplace_back(j.state(), k);
+  });
+  ASSERT_TRUE(id.ok());
+  auto l = Lease("w");
+  roundhouse::v1::HeartbeatRequest hb;
+  hb.set_worker_id("w");
+  *hb.add_leases() = Ref(l, "w");
+  auto* p = hb.add_progress();
+  p->set_stage("tuning");
+  p->set_blocks_done(1);
+  p->set_blocks_total(2);
+  ASSERT_TRUE(coord_->Heartbeat(hb).ok());
+  ASSERT_TRUE(Complete(l, "w").ok());
+  ASSERT_EQ(events.size(), 4u);
+  EXPECT_EQ(events[0].second, "snapshot");
+  EXPECT_EQ(events[1].first, roundhouse::v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(events[2].second, "block");
+  EXPECT_EQ(events[3].first, roundhouse::v1::JOB_STATE_SUCCEEDED);
+  // A late watcher of a terminal job gets only the snapshot.
+  int late = 0;
+  EXPECT_EQ(*coord_->Watch(job.job_id(),
+                           [&](const Job&, const std::string&) { ++late; }),
+            0);
+  EXPECT_EQ(late, 1);
+}
+
+TEST_F(CoordinatorTest, LeaseWaitIsWokenBySubmit) {
+  Register("w");
+  std::string got;
+  std::thread t([&] {
+    roundhouse::v1::LeaseJobRequest r;
+    r.set_worker_id("w");
+    r.set_wait_seconds(10);
+    auto resp = coord_->LeaseJob(r);
+    if (resp.ok()) got = resp->lease().job_id();
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  Job job = Submit(Spec(50));
+  t.join();
+  EXPECT_EQ(got, job.job_id());
+}
+
+TEST_F(CoordinatorTest, StatsCountQueueAndWorkers) {
+  Register("w1");
+  Register("w2");
+  Submit(Spec(10));
+  Submit(Spec(10));
+  Submit(Spec(90));
+  Lease("w1");
+  CoordinatorStats s = coord_->GetStats();
+  EXPECT_EQ(s.queued_by_priority[10], 2);
+  EXPECT_EQ(s.queued_by_priority.count(90), 0u);
+  EXPECT_EQ(s.running, 1);
+  EXPECT_EQ(s.workers_busy, 1);
+  EXPECT_EQ(s.workers_idle, 1);
+  clock_.Advance(absl::Seconds(16));
+  s = coord_->GetStats();
+  EXPECT_EQ(s.workers_lost, 2);
+}
+
+}  // namespace
+}  // namespace roundhouse::server
