@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -109,6 +110,24 @@ TEST(TokenizerTest, TemplateProcessingAddsSpecialTokens) {
   ASSERT_TRUE(tok.ok()) << tok.status();
   EXPECT_THAT(Enc(**tok, "abc"), ElementsAre(11, 6));
   EXPECT_THAT(Enc(**tok, "abc", /*special=*/false), ElementsAre(6));
+}
+
+TEST(TokenizerTest, ConcurrentEncodesAgree) {
+  auto t = Small();
+  const std::string text = "ab abc<|endoftext|> ac e\xCC\x81 \xFF  <x>aaa";
+  const std::vector<int32_t> expected = Enc(*t, text);
+  std::vector<std::thread> threads;
+  std::vector<int> mismatches(4, 0);
+  for (int k = 0; k < 4; ++k) {
+    threads.emplace_back([&, k] {
+      for (int i = 0; i < 500; ++i) {
+        auto ids = t->Encode(text);
+        if (!ids.ok() || *ids != expected) ++mismatches[k];
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_THAT(mismatches, ElementsAre(0, 0, 0, 0));
 }
 
 TEST(TokenizerTest, Lookups) {
