@@ -25,7 +25,8 @@ namespace roundhouse::calibration {
 struct CalibrationOptions {
   // A .jsonl file (one JSON object per line), a plain-text file (one sample
   // per non-empty line) or a directory (every *.jsonl / *.json / *.txt file
-  // below it, in byte-wise sorted path order). Required.
+  // below it, in byte-wise sorted path order). Required. Used as given:
+  // resolving a path relative to the model folder is the caller's job.
   std::string path;
   // "" (guess: directory -> "dir", *.jsonl / *.json -> "jsonl", else
   // "text"), "jsonl", "text" or "dir".
@@ -51,8 +52,9 @@ struct CalibrationOptions {
   // this is true (then every usable sample is taken).
   bool allow_fewer = false;
   // The reference AutoRound filter: drop samples with fewer than seqlen
-  // tokens, and those whose last token occurs more than seqlen/2 times in
-  // the first seqlen tokens.
+  // tokens, and those whose token at seqlen-1 occurs more than seqlen/2
+  // times in the first seqlen tokens. Not applied by "pack" (its chunks are
+  // always full).
   bool drop_short = false;
   // Folder holding tokenizer.json (+ tokenizer_config.json for pad/bos/eos).
   // Required for text data; optional for input_ids data (pad id only).
@@ -79,8 +81,11 @@ struct CalibrationSet {
   // eval_samples (format in docs/calibration.md).
   std::string content_sha256;
   int32_t pad_token_id = 0;
-  int64_t records_read = 0;  // records seen in the source
-  int64_t records_usable = 0;  // after filters, before selection
+  int64_t records_read = 0;  // records (lines / objects) in the source
+  // Usable records examined (records are tokenized lazily, in selection
+  // order). Exact when fewer than requested were found; for "pack" it is
+  // the number of documents consumed.
+  int64_t records_usable = 0;
 };
 
 // All samples (tuning and eval separately) are padded to ONE common length

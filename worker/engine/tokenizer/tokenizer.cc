@@ -304,10 +304,6 @@ struct Tokenizer::Impl {
   int32_t vocab_size = 0;
 
   // ---- encoding ----
-  struct Section {
-    std::string_view text;
-  };
-
   absl::Status Encode(std::string_view text, bool add_special,
                       std::vector<int32_t>* out) const;
   std::vector<std::string_view> SplitAdded(std::string_view text) const;
@@ -829,17 +825,15 @@ absl::Status ParsePreTokenizer(const json& j, const std::string& where,
     ASSIGN_OR_RETURN(step.split.code,
                      CompileRegex(pattern, where + ".pattern"));
     step.split.invert = j.value("invert", false);
-    std::string behavior = j.value("behavior", "Isolated");
+    const std::string behavior = j.value("behavior", "Isolated");
     if (behavior == "Removed") {
       step.split.removed = true;
-    } else if (behavior != "Isolated" || false) {
-      // The JS reference treats every other behaviour like Isolated;
-      // refusing them avoids silently different ids.
-      if (behavior != "Isolated") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            where, ".behavior: unsupported split behavior \"", behavior,
-            "\" (supported: Isolated, Removed)"));
-      }
+    } else if (behavior != "Isolated") {
+      // The JS reference treats every other behaviour like Isolated while
+      // Hugging Face does not: refuse rather than produce disputed ids.
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ".behavior: unsupported split behavior \"", behavior,
+          "\" (supported: Isolated, Removed)"));
     }
     out->push_back(std::move(step));
     return absl::OkStatus();

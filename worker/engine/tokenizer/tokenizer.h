@@ -12,6 +12,16 @@
 // Unsupported components (e.g. a WordPiece model, a Metaspace
 // pre-tokenizer) make LoadFromFile fail with a message naming the JSON path.
 //
+// Reference semantics: ids are those of the JavaScript implementation
+// `@lenml/tokenizers` (a transformers.js fork), checked on the real Qwen3
+// tokenizer.json by tests/tokenizer/check_reference.sh. Hence: the split
+// regex's "(?i:'s|'t|...)" group is expanded to explicit case pairs, `\s`
+// is ECMAScript's whitespace set, `\d`/`\w` are ASCII-only, added tokens
+// match longest-first anywhere (their `single_word` and `normalized` flags
+// are ignored, as by the reference). Unicode property tables are PCRE2's
+// (Unicode 14 on Debian 12): characters assigned later may split
+// differently (docs/calibration.md).
+//
 // Invalid UTF-8 rule: Encode() never fails on invalid UTF-8. Every maximal
 // invalid subsequence is replaced by U+FFFD (REPLACEMENT CHARACTER) exactly
 // as the WHATWG `TextDecoder("utf-8")` does (which is what a JavaScript
