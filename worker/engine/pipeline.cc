@@ -1,0 +1,619 @@
+#include "worker/engine/pipeline.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <new>
+#include <optional>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/files.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+#include "worker/engine/checkpoint_store.h"
+#include "worker/engine/decoder_block.h"
+#include "worker/engine/exporter.h"
+#include "worker/engine/layer_config.h"
+#include "worker/engine/manifest.h"
+#include "worker/engine/model_config.h"
+#include "worker/engine/perplexity.h"
+#include "worker/engine/safetensors.h"
+#include "worker/engine/signround.h"
+#include "worker/engine/tokenizer/calibration.h"
+#include "worker/engine/versions.h"
+
+#ifdef ROUNDHOUSE_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace roundhouse::engine {
+namespace {
+
+using nlohmann::json;
+
+void Emit(const QuantizeRequest& r, const json& e) {
+  if (r.on_event) r.on_event(e);
+}
+
+// SplitMix64 finaliser: a well-mixed 64-bit seed from (seed, block) alone,
+// so block k's batches never depend on what earlier blocks drew.
+uint64_t BlockSeed(int seed, int block) {
+  uint64_t z = (static_cast<uint64_t>(static_cast<uint32_t>(seed)) << 32) |
+               static_cast<uint32_t>(block);
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+int64_t DeviceMemoryInUse(const std::string& device) {
+#ifdef ROUNDHOUSE_WITH_CUDA
+  if (device == "cuda") {
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+      return static_cast<int64_t>(total_bytes - free_bytes);
+    }
+  }
+#endif
+  (void)device;
+  return 0;
+}
+
+absl::Status OutOfMemory(const std::string& what, const std::string& device) {
+  absl::Status s = absl::ResourceExhaustedError(what);
+  const int64_t peak = DeviceMemoryInUse(device);
+  s.SetPayload(kPeakMemoryPayload, absl::Cord(std::to_string(peak)));
+  return s;
+}
+
+absl::Status FromTorchError(const c10::Error& e, const std::string& device) {
+  const std::string msg = e.what_without_backtrace();
+  if (absl::StrContains(msg, "out of memory") ||
+      absl::StrContains(msg, "CUDA out of memory") ||
+      absl::StrContains(msg, "CUBLAS_STATUS_ALLOC_FAILED")) {
+    return OutOfMemory(absl::StrCat("out of memory: ", msg), device);
+  }
+  return absl::InternalError(absl::StrCat("libtorch: ", msg));
+}
+
+absl::StatusOr<c10::ScalarType> ResolveComputeDtype(
+    const std::string& name, const std::string& device,
+    const Checkpoint& ckpt, const ModelLayout& layout) {
+  if (name == "float32") return torch::kFloat32;
+  if (name == "bfloat16") return torch::kBFloat16;
+  if (name == "float16") return torch::kFloat16;
+  if (device != "cuda") return torch::kFloat32;
+  // "auto" on CUDA: the checkpoint's own dtype (that of its embedding).
+  ASSIGN_OR_RETURN(const TensorInfo* info, ckpt.Info(layout.embed_tokens));
+  return ToTorch(info->dtype);
+}
+
+std::string DtypeName(c10::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32:
+      return "float32";
+    case torch::kBFloat16:
+      return "bfloat16";
+    case torch::kFloat16:
+      return "float16";
+    default:
+      return c10::toString(t);
+  }
+}
+
+// FP (or, with `override`, QDQ) block forward over x [N,T,H] in chunks.
+torch::Tensor ForwardBlock(const BlockConfig& cfg, const BlockWeights& w,
+                           const torch::Tensor& x, const torch::Tensor& mask,
+                           const std::map<std::string, torch::Tensor>* over,
+                           int64_t chunk, torch::Device device) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> outs;
+  const int64_t n = x.size(0);
+  for (int64_t s = 0; s < n; s += chunk) {
+    const int64_t e = std::min(n, s + chunk);
+    outs.push_back(DecoderBlockForward(cfg, w, x.slice(0, s, e).to(device),
+                                       mask.slice(0, s, e), over)
+                       .to(x.device()));
+  }
+  return torch::cat(outs, 0);
+}
+
+void ToTensors(const std::vector<calibration::Sample>& samples,
+               torch::Tensor* ids, torch::Tensor* mask) {
+  const int64_t n = static_cast<int64_t>(samples.size());
+  const int64_t t = n > 0 ? static_cast<int64_t>(samples[0].input_ids.size())
+                          : 0;
+  *ids = torch::empty({n, t}, torch::kInt64);
+  *mask = torch::empty({n, t}, torch::kInt64);
+  auto id_acc = ids->accessor<int64_t, 2>();
+  auto m_acc = mask->accessor<int64_t, 2>();
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < t; ++j) {
+      id_acc[i][j] = samples[i].input_ids[j];
+      m_acc[i][j] = samples[i].attention_mask[j];
+    }
+  }
+}
+
+calibration::CalibrationOptions CalibrationFor(const QuantizeRequest& req,
+                                               const std::string& path,
+                                               int nsamples, int eval) {
+  const JobConfig& c = req.config;
+  calibration::CalibrationOptions o;
+  o.path = absl::StartsWith(path, "/") ? path : JoinPath(req.model_dir, path);
+  o.format = c.calibration.format;
+  o.field = c.calibration.field;
+  o.selection = c.calibration.selection;
+  o.stratify_column = c.calibration.stratify_column;
+  o.templ = c.calibration.templ;
+  o.nsamples = nsamples;
+  o.seqlen = c.seqlen;
+  o.seed = static_cast<uint64_t>(static_cast<uint32_t>(c.tune.seed));
+  o.allow_fewer = c.calibration.allow_fewer_samples;
+  o.drop_short = c.calibration.drop_short;
+  if (PathExists(JoinPath(req.model_dir, "tokenizer.json")) ||
+      PathExists(JoinPath(req.model_dir, "tokenizer_config.json"))) {
+    o.tokenizer_dir = req.model_dir;
+  }
+  o.eval_samples = eval;
+  return o;
+}
+
+// Calibration errors are problems of the job's data: report them as such.
+absl::Status AsDataError(const absl::Status& s) {
+  if (s.code() == absl::StatusCode::kNotFound ||
+      s.code() == absl::StatusCode::kOutOfRange ||
+      s.code() == absl::StatusCode::kFailedPrecondition) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("calibration: ", s.message()));
+  }
+  return s;
+}
+
+// Removes the staging directory unless released.
+class StagingGuard {
+ public:
+  explicit StagingGuard(std::string dir) : dir_(std::move(dir)) {}
+  ~StagingGuard() {
+    if (!dir_.empty()) (void)RemoveTree(dir_);
+  }
+  void Release() { dir_.clear(); }
+
+ private:
+  std::string dir_;
+};
+
+std::string ParentDir(const std::string& path) {
+  auto pos = path.find_last_of('/');
+  if (pos == std::string::npos) return ".";
+  if (pos == 0) return "/";
+  return path.substr(0, pos);
+}
+
+absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
+  const JobConfig& cfg = req.config;
+  QuantizeResult result;
+  result.artifact_dir = req.out_dir;
+  if (req.out_dir.empty() || req.model_dir.empty()) {
+    return absl::InvalidArgumentError("model and output directories needed");
+  }
+  // Idempotence: a complete artifact is reused as is.
+  if (PathExists(req.out_dir)) {
+    auto manifest = ReadValidManifest(req.out_dir, /*verify_hashes=*/false);
+    if (!manifest.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          req.out_dir, " exists but is not a complete artifact (",
+          manifest.status().message(), "); remove it to re-run"));
+    }
+    result.manifest = *manifest;
+    result.reused = true;
+    const json& ev = (*manifest)["evaluation"];
+    if (ev.is_object() && ev.value("passed", true) == false) {
+      result.quality_passed = false;
+      result.quality_message = ev.value("message", "quality gate failed");
+    }
+    Emit(req, {{"event", "stage"}, {"stage", "done"}});
+    return result;
+  }
+  if (req.device != "cpu" && req.device != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--device: must be \"cpu\" or \"cuda\" (got \"", req.device, "\")"));
+  }
+  if (req.device == "cuda" && !torch::cuda::is_available()) {
+    return absl::FailedPreconditionError(
+        "--device cuda: no CUDA device is available in this process");
+  }
+  const torch::Device device =
+      req.device == "cuda" ? torch::Device(torch::kCUDA, 0) : torch::kCPU;
+  if (req.device == "cuda") {
+    // cuBLAS needs this before its first handle for deterministic GEMMs.
+    setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+  }
+  at::globalContext().setDeterministicAlgorithms(cfg.deterministic,
+                                                 /*warn_only=*/true);
+
+  // ---- loading -----------------------------------------------------------
+  Emit(req, {{"event", "stage"}, {"stage", "loading"}});
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt,
+                   Checkpoint::Open(req.model_dir));
+  ASSIGN_OR_RETURN(ModelLayout layout, DiscoverLayout(req.model_dir, *ckpt));
+  const TextConfig& text = layout.text;
+  if (text.hidden_act != "silu") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json: hidden_act \"", text.hidden_act,
+        "\" is not supported (only \"silu\")"));
+  }
+  if (text.mrope_section.empty() && text.rope_type != "default") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json: rope_scaling type \"", text.rope_type,
+        "\" is not supported (only the default RoPE)"));
+  }
+  const int num_blocks = text.num_layers;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+  for (int b = 0; b < num_blocks; ++b) {
+    for (const std::string& m : layout.BlockLinearNames(b)) {
+      ASSIGN_OR_RETURN(const TensorInfo* info, ckpt->Info(m + ".weight"));
+      shapes.emplace_back(m, info->shape);
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<ResolvedLayer> layers,
+                   ResolveLayerConfig(shapes, cfg.global, cfg.layer_config,
+                                      cfg.ignore_layers));
+  std::map<std::string, const ResolvedLayer*> layer_by_name;
+  for (const ResolvedLayer& l : layers) layer_by_name[l.name] = &l;
+  for (const std::string& f : cfg.export_formats) {
+    RETURN_IF_ERROR(PackingForFormat(f, cfg.global, layers).status());
+  }
+  ASSIGN_OR_RETURN(c10::ScalarType dtype,
+                   ResolveComputeDtype(cfg.compute_dtype, req.device, *ckpt,
+                                       layout));
+
+  // ---- calibration -------------------------------------------------------
+  Emit(req, {{"event", "stage"}, {"stage", "calibration"}});
+  const bool eval_on = cfg.evaluation.enabled;
+  const bool held_out = eval_on && cfg.evaluation.eval_path.empty();
+  std::string eval_source = "held_out";
+  auto calib_or = calibration::BuildCalibrationSet(CalibrationFor(
+      req, cfg.calibration.path, cfg.nsamples,
+      held_out ? cfg.evaluation.eval_samples : 0));
+  if (!calib_or.ok() && held_out && !cfg.evaluation.eval_samples_set) {
+    // The default held-out split did not fit the data; evaluate on tuning
+    // samples instead of failing a spec that never asked for a split.
+    auto retry = calibration::BuildCalibrationSet(
+        CalibrationFor(req, cfg.calibration.path, cfg.nsamples, 0));
+    if (retry.ok()) {
+      calib_or = std::move(retry);
+      eval_source = "calibration_samples";
+    }
+  }
+  if (!calib_or.ok()) return AsDataError(calib_or.status());
+  calibration::CalibrationSet calib = std::move(calib_or).value();
+  if (calib.samples.empty()) {
+    return absl::InvalidArgumentError("calibration: no usable sample");
+  }
+  std::vector<calibration::Sample> eval_samples;
+  std::string eval_sha;
+  if (eval_on && !cfg.evaluation.eval_path.empty()) {
+    eval_source = "eval_path";
+    auto ev = calibration::BuildCalibrationSet(CalibrationFor(
+        req, cfg.evaluation.eval_path, cfg.evaluation.eval_samples, 0));
+    if (!ev.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("evaluation.eval_path: ", ev.status().message()));
+    }
+    eval_samples = std::move(ev->samples);
+    eval_sha = ev->content_sha256;
+  } else if (eval_on && eval_source == "held_out") {
+    eval_samples = calib.eval_samples;
+  }
+  if (eval_on && eval_samples.empty()) {
+    eval_source = "calibration_samples";
+    const size_t k = std::min<size_t>(calib.samples.size(),
+                                      cfg.evaluation.eval_samples);
+    eval_samples.assign(calib.samples.begin(), calib.samples.begin() + k);
+  }
+
+  // Input hashes and the resume fingerprint.
+  json model_files = json::object();
+  std::vector<std::string> hashed = {"config.json"};
+  if (PathExists(JoinPath(req.model_dir, "model.safetensors.index.json"))) {
+    hashed.push_back("model.safetensors.index.json");
+  }
+  for (const std::string& f : ckpt->files()) {
+    hashed.push_back(f.substr(f.find_last_of('/') + 1));
+  }
+  for (const std::string& f : hashed) {
+    ASSIGN_OR_RETURN(std::string sha,
+                     Sha256File(JoinPath(req.model_dir, f)));
+    model_files[f] = sha;
+  }
+  const json resolved = ResolvedSpecJson(cfg);
+  json fp_input = {{"model_files", model_files},
+                   {"calibration_sha256", calib.content_sha256},
+                   {"spec", resolved},
+                   {"versions", EngineVersions()},
+                   {"device", req.device},
+                   {"compute_dtype", DtypeName(dtype)}};
+  const std::string fingerprint = Sha256Hex(fp_input.dump());
+
+  torch::Tensor ids, mask;
+  ToTensors(calib.samples, &ids, &mask);
+  const int64_t seq = ids.size(1);
+  torch::Tensor loss_mask = mask.clone();
+  // The reference always masks the last position (autoround-spec §1.5).
+  if (seq > 0) loss_mask.select(1, seq - 1).zero_();
+  mask = mask.to(device);
+  loss_mask = loss_mask.to(device);
+
+  std::unique_ptr<CheckpointStore> store;
+  int resumed = 0;
+  if (!req.checkpoint_dir.empty()) {
+    ASSIGN_OR_RETURN(store,
+                     CheckpointStore::Open(req.checkpoint_dir, fingerprint));
+    resumed = std::min(store->resumable_blocks(), num_blocks);
+    Emit(req, {{"event", "checkpoint"},
+               {"action", resumed > 0 ? "resume" : "fresh"},
+               {"resumed_blocks", resumed},
+               {"reason", store->open_note()}});
+  }
+
+  // ---- tuning ------------------------------------------------------------
+  Emit(req, {{"event", "stage"}, {"stage", "tuning"}});
+  Emit(req, {{"event", "plan"},
+             {"blocks_total", num_blocks},
+             {"resumed_blocks", resumed}});
+  const WeightLookup source = [&ckpt](const std::string& name) {
+    return ckpt->Load(name);
+  };
+  const std::vector<std::string> names = ckpt->TensorNames();
+  const BlockConfig block_cfg = MakeBlockConfig(text);
+  const torch::Device chain_device = req.low_memory ? torch::kCPU : device;
+  const int64_t fwd_chunk =
+      req.low_memory ? 1 : std::max(1, cfg.tune.batch_size);
+
+  std::map<std::string, QdqResult> results;  // by module name, CPU
+  std::vector<BlockReport> reports;
+  torch::Tensor fp_in, q_in;
+  if (resumed > 0) {
+    for (int b = 0; b < resumed; ++b) {
+      ASSIGN_OR_RETURN(BlockResult br, store->LoadBlock(b));
+      for (auto& [suffix, r] : br.layers) {
+        results[layout.BlockName(b) + "." + suffix] = std::move(r);
+      }
+      reports.push_back({b, br.loss_before, br.loss_after, br.best_iter, 0.0,
+                         /*resumed=*/true});
+    }
+    RETURN_IF_ERROR(store->LoadChains(&fp_in, &q_in));
+    fp_in = fp_in.to(chain_device);
+    q_in = q_in.defined() ? q_in.to(chain_device) : fp_in;
+  } else {
+    ForwardOptions fo{chain_device, dtype, static_cast<int>(fwd_chunk)};
+    ASSIGN_OR_RETURN(fp_in, EmbedTokens(layout, source, ids, fo));
+    q_in = fp_in;
+  }
+
+  for (int b = resumed; b < num_blocks; ++b) {
+    if (req.should_stop && req.should_stop()) {
+      return absl::AbortedError(absl::StrCat(
+          "stopped before block ", b, " (blocks 0..", b - 1,
+          " are checkpointed)"));
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    ASSIGN_OR_RETURN(BlockWeights w, LoadBlockWeights(layout, b, names,
+                                                      source, dtype, device));
+    RETURN_IF_ERROR(ValidateBlockWeights(block_cfg, w));
+    torch::Tensor fp_out =
+        ForwardBlock(block_cfg, w, fp_in, mask, nullptr, fwd_chunk, device);
+
+    std::map<std::string, LinearQuantizer> quantizers;
+    for (const std::string& suffix : BlockLinearSuffixes()) {
+      const ResolvedLayer* l = layer_by_name.at(layout.BlockName(b) + "." +
+                                                suffix);
+      if (!l->quantize) continue;
+      ASSIGN_OR_RETURN(LinearQuantizer q,
+                       LinearQuantizer::Create(w.at(suffix + ".weight"),
+                                               l->params,
+                                               cfg.tune.enable_minmax_tuning));
+      quantizers.emplace(suffix, std::move(q));
+    }
+    BlockResult br;
+    br.block_index = b;
+    std::map<std::string, torch::Tensor> qdq_weights;
+    if (!quantizers.empty()) {
+      TuneOptions to;
+      to.iters = cfg.tune.iters;
+      to.lr = cfg.tune.lr_set ? cfg.tune.lr : -1;
+      to.minmax_lr = cfg.tune.minmax_lr_set ? cfg.tune.minmax_lr : -1;
+      to.batch_size = cfg.tune.batch_size;
+      to.gradient_accumulate_steps = cfg.tune.gradient_accumulate_steps;
+      to.enable_minmax_tuning = cfg.tune.enable_minmax_tuning;
+      to.not_use_best_mse = cfg.tune.not_use_best_mse;
+      to.seed = BlockSeed(cfg.tune.seed, b);
+      ASSIGN_OR_RETURN(TuneResult tr,
+                       TuneBlock(block_cfg, w, quantizers, q_in.to(device),
+                                 fp_out.to(device), mask, loss_mask, to));
+      br.loss_before = tr.loss_before;
+      br.loss_after = tr.loss_after;
+      br.best_iter = tr.best_iter;
+      for (auto& [suffix, r] : tr.layers) {
+        qdq_weights[suffix] = r.weight_qdq;
+        QdqResult cpu{r.weight_qdq.cpu(), r.scale.cpu(), r.zero.cpu(),
+                      r.codes.cpu()};
+        br.layers.emplace(suffix, std::move(cpu));
+      }
+    }
+    torch::Tensor q_next =
+        cfg.tune.enable_quanted_input
+            ? ForwardBlock(block_cfg, w, q_in, mask, &qdq_weights, fwd_chunk,
+                           device)
+            : fp_out;
+    fp_in = fp_out;
+    q_in = q_next;
+    const double seconds = std::chrono::duration<double>(
+                               std::chrono::steady_clock::now() - t0)
+                               .count();
+    if (store) RETURN_IF_ERROR(store->WriteBlock(br, fp_in, q_in));
+    for (auto& [suffix, r] : br.layers) {
+      results[layout.BlockName(b) + "." + suffix] = r;
+    }
+    reports.push_back({b, br.loss_before, br.loss_after, br.best_iter,
+                       seconds, false});
+    Emit(req, {{"event", "block"},
+               {"block_index", b},
+               {"blocks_total", num_blocks},
+               {"loss_before", br.loss_before},
+               {"loss_after", br.loss_after},
+               {"seconds", seconds}});
+    if (req.should_stop && req.should_stop() && b + 1 < num_blocks) {
+      return absl::AbortedError(absl::StrCat(
+          "stopped after block ", b,
+          store ? " (checkpointed)" : " (no checkpoint directory)"));
+    }
+  }
+  fp_in = torch::Tensor();
+  q_in = torch::Tensor();
+
+  // ---- export ------------------------------------------------------------
+  Emit(req, {{"event", "stage"}, {"stage", "export"}});
+  RETURN_IF_ERROR(MakeDirs(ParentDir(req.out_dir)));
+  const std::string staging =
+      absl::StrCat(req.out_dir, ".staging-", ::getpid());
+  RETURN_IF_ERROR(RemoveTree(staging));
+  StagingGuard guard(staging);
+  RETURN_IF_ERROR(MakeDirs(staging));
+  ExportInput ex;
+  ex.model_dir = req.model_dir;
+  ex.checkpoint = ckpt.get();
+  ex.layout = &layout;
+  ex.layers = &layers;
+  ex.results = &results;
+  ex.config = &cfg;
+  ex.max_shard_bytes = req.max_shard_bytes;
+  json formats = json::object();
+  for (const std::string& f : cfg.export_formats) {
+    const std::string sub = cfg.export_formats.size() == 1 ? "" : f;
+    const std::string dir = sub.empty() ? staging : JoinPath(staging, sub);
+    RETURN_IF_ERROR(ExportFormat(ex, f, dir).status());
+    ASSIGN_OR_RETURN(Packing p, PackingForFormat(f, cfg.global, layers));
+    formats[f] = {{"directory", sub}, {"packing_format", std::string(PackingName(p))}};
+  }
+
+  // ---- evaluation --------------------------------------------------------
+  json evaluation = {{"enabled", eval_on}, {"passed", true}};
+  if (eval_on) {
+    Emit(req, {{"event", "stage"}, {"stage", "evaluation"}});
+    torch::Tensor eids, emask;
+    ToTensors(eval_samples, &eids, &emask);
+    const WeightLookup quantized =
+        [&ckpt, &results](const std::string& name)
+        -> absl::StatusOr<torch::Tensor> {
+      if (absl::EndsWith(name, ".weight")) {
+        auto it = results.find(name.substr(0, name.size() - 7));
+        if (it != results.end()) return it->second.weight_qdq;
+      }
+      return ckpt->Load(name);
+    };
+    ForwardOptions fo{device, dtype, std::max(1, cfg.tune.batch_size)};
+    ASSIGN_OR_RETURN(torch::Tensor a, TokenOutputs(layout, names, source,
+                                                   eids, emask, fo));
+    ASSIGN_OR_RETURN(torch::Tensor bq, TokenOutputs(layout, names, quantized,
+                                                    eids, emask, fo));
+    const CosineStats cs = TokenCosine(a, bq, emask);
+    const double thr = cfg.evaluation.min_token_cosine_similarity;
+    const bool passed = cs.tokens > 0 && cs.mean >= thr;
+    evaluation = {{"enabled", true},
+                  {"source", eval_source},
+                  {"samples", static_cast<int64_t>(eval_samples.size())},
+                  {"tokens", cs.tokens},
+                  {"mean_token_cosine_similarity", cs.mean},
+                  {"min_token_cosine_similarity", cs.min},
+                  {"threshold", thr},
+                  {"passed", passed}};
+    if (!layout.projection_weight &&
+        (layout.lm_head || text.tie_word_embeddings)) {
+      auto p_fp = Perplexity(layout, names, source, eids, emask, fo);
+      auto p_q = Perplexity(layout, names, quantized, eids, emask, fo);
+      if (p_fp.ok() && p_q.ok()) {
+        evaluation["perplexity_fp"] = *p_fp;
+        evaluation["perplexity_quantized"] = *p_q;
+      }
+    }
+    if (!passed) {
+      result.quality_passed = false;
+      result.quality_message = absl::StrCat(
+          "mean token cosine similarity ", cs.mean, " < ", thr, " over ",
+          cs.tokens, " tokens");
+      evaluation["message"] = result.quality_message;
+    }
+  }
+
+  // ---- manifest, then the atomic rename ------------------------------------
+  json blocks = json::array();
+  for (const BlockReport& r : reports) {
+    blocks.push_back({{"block_index", r.block_index},
+                      {"loss_before", r.loss_before},
+                      {"loss_after", r.loss_after},
+                      {"best_iter", r.best_iter}});
+  }
+  json layer_list = json::array();
+  for (const ResolvedLayer& l : layers) {
+    json e = {{"name", l.name}, {"quantized", l.quantize}};
+    if (l.quantize) {
+      e["bits"] = l.params.bits;
+      e["group_size"] = l.params.group_size;
+      e["sym"] = l.params.sym;
+    } else {
+      e["reason"] = l.reason;
+    }
+    layer_list.push_back(e);
+  }
+  json inputs = {{"model_files", model_files},
+                 {"calibration_sha256", calib.content_sha256},
+                 {"calibration_samples",
+                  static_cast<int64_t>(calib.samples.size())},
+                 {"fingerprint", fingerprint}};
+  if (!eval_sha.empty()) inputs["eval_sha256"] = eval_sha;
+  json body = {{"spec", cfg.raw},
+               {"resolved_spec", resolved},
+               {"versions", EngineVersions()},
+               {"seed", cfg.tune.seed},
+               {"device", req.device},
+               {"compute_dtype", DtypeName(dtype)},
+               {"model_family", std::string(ModelFamilyName(layout.family))},
+               {"inputs", inputs},
+               {"blocks", blocks},
+               {"layers", layer_list},
+               {"formats", formats},
+               {"evaluation", evaluation}};
+  ASSIGN_OR_RETURN(json manifest, WriteManifest(staging, std::move(body)));
+  RETURN_IF_ERROR(FsyncPath(staging));
+  RETURN_IF_ERROR(RenameDurably(staging, req.out_dir));
+  guard.Release();
+  result.manifest = std::move(manifest);
+  result.blocks = std::move(reports);
+  Emit(req, {{"event", "stage"}, {"stage", "done"}});
+  return result;
+}
+
+}  // namespace
+
+absl::StatusOr<QuantizeResult> Quantize(const QuantizeRequest& request) {
+  try {
+    return QuantizeImpl(request);
+  } catch (const c10::Error& e) {
+    return FromTorchError(e, request.device);
+  } catch (const std::bad_alloc&) {
+    return OutOfMemory("out of host memory (std::bad_alloc)", request.device);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("unexpected exception: ",
+                                            e.what()));
+  }
+}
+
+}  // namespace roundhouse::engine
