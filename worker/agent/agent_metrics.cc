@@ -1,5 +1,8 @@
 #include "worker/agent/agent_metrics.h"
 
+#include <errno.h>
+#include <string.h>
+
 #include <map>
 #include <sstream>
 #include <utility>
@@ -9,8 +12,18 @@
 #include "common/version.h"
 
 #ifdef ROUNDHOUSE_ENABLE_METRICS
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+
+#include "absl/strings/numbers.h"
 #include "prometheus/counter.h"
-#include "prometheus/exposer.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
@@ -30,9 +43,23 @@ constexpr const char* kMethods[] = {"register", "lease", "heartbeat",
 }  // namespace
 
 struct AgentMetrics::Impl {
+  ~Impl() {
+    stop.store(true);
+    if (server.joinable()) server.join();
+    if (listen_fd >= 0) close(listen_fd);
+  }
+  void Serve();
+  std::string Text() {
+    std::ostringstream out;
+    prometheus::TextSerializer().Serialize(out, registry->Collect());
+    return out.str();
+  }
+
   std::shared_ptr<prometheus::Registry> registry =
       std::make_shared<prometheus::Registry>();
-  std::unique_ptr<prometheus::Exposer> exposer;
+  int listen_fd = -1;
+  std::atomic<bool> stop{false};
+  std::thread server;
   prometheus::Gauge* progress = nullptr;
   prometheus::Gauge* running = nullptr;
   prometheus::Counter* blocks = nullptr;
@@ -111,19 +138,111 @@ AgentMetrics::AgentMetrics() : impl_(std::make_unique<Impl>()) {
 
 AgentMetrics::~AgentMetrics() = default;
 
+// A minimal HTTP/1.0 responder instead of prometheus-cpp's civetweb
+// Exposer: civetweb starts its threads with a ~100 KiB stack, which
+// pthread_create refuses once the binary carries large static TLS (e.g. a
+// thread_local buffer anywhere in the process), so the Exposer fails with
+// "null context". One scrape at a time is plenty for /metrics.
 absl::Status AgentMetrics::StartExposer(const std::string& listen) {
-  if (impl_->exposer) {
-    return absl::FailedPreconditionError("metrics exposer already started");
+  if (impl_->server.joinable()) {
+    return absl::FailedPreconditionError("metrics endpoint already started");
   }
-  try {
-    impl_->exposer = std::make_unique<prometheus::Exposer>(listen);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot serve metrics on '", listen, "' (--metrics-listen): ",
-        e.what()));
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics-listen '", listen, "': ", why));
+  };
+  const size_t colon = listen.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos ||
+      !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 ||
+      port > 65535) {
+    return bad("expected HOST:PORT");
   }
-  impl_->exposer->RegisterCollectable(impl_->registry);
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const std::string port_text = absl::StrCat(port);
+  if (int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(),
+                           port_text.c_str(), &hints, &res);
+      rc != 0) {
+    return bad(gai_strerror(rc));
+  }
+  int fd = -1;
+  std::string error = "no usable address";
+  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && ::listen(fd, 16) == 0) {
+      break;
+    }
+    error = strerror(errno);
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  if (fd < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on '", listen,
+                     "' (--metrics-listen): ", error));
+  }
+  impl_->listen_fd = fd;
+  impl_->server = std::thread([impl = impl_.get()] { impl->Serve(); });
   return absl::OkStatus();
+}
+
+void AgentMetrics::Impl::Serve() {
+  while (!stop.load()) {
+    pollfd p{listen_fd, POLLIN, 0};
+    if (poll(&p, 1, 200) <= 0) continue;
+    const int conn = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (conn < 0) continue;
+    // Read the request head (bounded in size and time), then answer.
+    std::string request;
+    char buf[2048];
+    while (request.find("\r\n\r\n") == std::string::npos &&
+           request.find("\n\n") == std::string::npos &&
+           request.size() < 16384) {
+      pollfd c{conn, POLLIN, 0};
+      if (poll(&c, 1, 2000) <= 0) break;
+      const ssize_t n = read(conn, buf, sizeof(buf));
+      if (n <= 0) break;
+      request.append(buf, n);
+    }
+    std::string status = "404 Not Found", body = "not found; try /metrics\n";
+    const bool get = request.rfind("GET ", 0) == 0;
+    const size_t path_end = request.find(' ', 4);
+    const std::string path =
+        get && path_end != std::string::npos ? request.substr(4, path_end - 4)
+                                             : "";
+    if (path == "/metrics" || path.rfind("/metrics?", 0) == 0) {
+      status = "200 OK";
+      body = Text();
+    } else if (!get) {
+      status = "405 Method Not Allowed";
+      body = "only GET\n";
+    }
+    const std::string response = absl::StrCat(
+        "HTTP/1.0 ", status,
+        "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8"
+        "\r\nContent-Length: ",
+        body.size(), "\r\nConnection: close\r\n\r\n", body);
+    size_t sent = 0;
+    while (sent < response.size()) {
+      const ssize_t n = send(conn, response.data() + sent,
+                             response.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      sent += static_cast<size_t>(n);
+    }
+    close(conn);
+  }
 }
 
 void AgentMetrics::SetJobProgress(double ratio) { impl_->progress->Set(ratio); }
@@ -151,11 +270,7 @@ void AgentMetrics::RpcFailed(absl::string_view method) {
   if (it != impl_->rpc_failures.end()) it->second->Increment();
 }
 
-std::string AgentMetrics::Serialize() const {
-  std::ostringstream out;
-  prometheus::TextSerializer().Serialize(out, impl_->registry->Collect());
-  return out.str();
-}
+std::string AgentMetrics::Serialize() const { return impl_->Text(); }
 
 #else  // !ROUNDHOUSE_ENABLE_METRICS
 

@@ -40,7 +40,9 @@ class AgentMetrics {
   AgentMetrics();
   ~AgentMetrics();
 
-  // Serves GET /metrics on `listen` ("host:port"). Call at most once.
+  // Serves GET /metrics on `listen` ("host:port", "[v6]:port"; port 0 picks
+  // a free one) from a background thread until destruction. Call at most
+  // once. Errors name --metrics-listen.
   absl::Status StartExposer(const std::string& listen);
 
   void SetJobProgress(double ratio);

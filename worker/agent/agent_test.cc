@@ -4,7 +4,10 @@
 
 #include "worker/agent/agent.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -29,6 +32,7 @@
 #include "roundhouse/v1/roundhouse.grpc.pb.h"
 #include "worker/agent/agent_flags.h"
 #include "worker/agent/agent_metrics.h"
+#include "worker/agent/child_process.h"
 
 namespace roundhouse::agent {
 namespace {
@@ -644,6 +648,129 @@ TEST_F(AgentTest, WaitsForTheCoordinatorAndSurvivesItsRestart) {
   EXPECT_EQ(server_->service.completes()[0].lease().job_id(),
             "job-after-restart");
 }
+
+#ifdef ROUNDHOUSE_AGENT_HARNESS
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string HttpGet(int port, const std::string& path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string req =
+        absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+      char buf[4096];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof(buf))) > 0) response.append(buf, n);
+    }
+  }
+  close(fd);
+  return response;
+}
+
+// The real `agent` command in its own process: SIGTERM drains (the engine
+// gets SIGTERM, the job is handed back as PREEMPTED, exit status 0) and
+// --metrics-listen serves Prometheus text.
+TEST_F(AgentTest, AgentCommandDrainsOnSigtermAndServesMetrics) {
+  const std::string engine = WriteEngine(R"(
+trap 'echo "{\"event\":\"error\",\"class\":\"interrupted\",\"message\":\"checkpointed\"}"; exit 4' TERM
+echo '{"event":"plan","blocks_total":4,"resumed_blocks":0}'
+echo '{"event":"stage","stage":"tuning"}'
+echo '{"event":"block","block_index":0,"blocks_total":4,"loss_before":0.5,"loss_after":0.25,"seconds":0.2}'
+sleep 30 &
+touch "$TESTDIR/ready"
+wait $!
+)");
+  server_->service.Enqueue(MakeLease("job-p"));
+  const int metrics_port = FreePort();
+  const std::string log = JoinPath(dir_, "agent.log");
+  const std::string wrapper = JoinPath(dir_, "agent.sh");
+  ASSERT_TRUE(WriteFileAtomically(
+                  wrapper,
+                  absl::StrCat("#!/bin/sh\nexec '", ROUNDHOUSE_AGENT_HARNESS,
+                               "' agent --coordinator ", server_->address(),
+                               " --worker-id proc-worker --work-dir '", dir_,
+                               "/work' --artifact-root '", dir_,
+                               "/artifacts' --engine-binary '", engine,
+                               "' --metrics-listen 127.0.0.1:", metrics_port,
+                               " --lease-wait-seconds 0.2 2> '", log, "'\n"))
+                  .ok());
+  auto agent = ChildProcess::Spawn({"/bin/sh", wrapper});
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const std::string ready = JoinPath(dir_, "ready");
+  for (int i = 0; i < 1000 && !PathExists(ready); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_TRUE(PathExists(ready)) << ReadFile(log).value_or("");
+  std::string scrape;
+  for (int i = 0; i < 200; ++i) {
+    scrape = HttpGet(metrics_port, "/metrics");
+    if (scrape.find("roundhouse_blocks_completed_total 1") != std::string::npos) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(25));
+  }
+#ifdef ROUNDHOUSE_ENABLE_METRICS
+  EXPECT_NE(scrape.find("roundhouse_worker_jobs_running 1"), std::string::npos)
+      << scrape;
+  EXPECT_NE(scrape.find("roundhouse_worker_job_progress_ratio 0.25"),
+            std::string::npos)
+      << scrape;
+  EXPECT_NE(scrape.find("roundhouse_blocks_completed_total 1"),
+            std::string::npos);
+  EXPECT_EQ(scrape.rfind("HTTP/1.0 200 OK\r\n", 0), 0u) << scrape;
+  EXPECT_NE(scrape.find("Content-Type: text/plain; version=0.0.4"),
+            std::string::npos);
+  // Lint the exposition with promtool when it is installed (Debian package
+  // `prometheus`); the check is skipped silently otherwise.
+  if (access("/usr/bin/promtool", X_OK) == 0) {
+    const size_t body = scrape.find("\r\n\r\n");
+    ASSERT_NE(body, std::string::npos);
+    const std::string file = JoinPath(dir_, "scrape.txt");
+    ASSERT_TRUE(WriteFileAtomically(file, scrape.substr(body + 4)).ok());
+    EXPECT_EQ(system(absl::StrCat("/usr/bin/promtool check metrics < '", file,
+                                  "'").c_str()),
+              0);
+  }
+  EXPECT_NE(HttpGet(metrics_port, "/other").find("404"), std::string::npos);
+#endif
+  (*agent)->SignalGroup(SIGTERM);
+  std::optional<ChildExit> exit;
+  for (int i = 0; i < 1000 && !(exit = (*agent)->TryWait()); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_FALSE(exit->signaled) << exit->Describe();
+  EXPECT_EQ(exit->exit_code, 0);
+  v1::FailJobRequest f = SingleFail();
+  EXPECT_EQ(f.lease().job_id(), "job-p");
+  EXPECT_EQ(f.error().failure_class(), v1::FAILURE_CLASS_PREEMPTED);
+  EXPECT_EQ(f.error().message(), "checkpointed");
+  EXPECT_FALSE(ProcessAlive(EnginePid()));
+  const std::string text = ReadFile(log).value_or("");
+  EXPECT_NE(text.find(absl::StrCat("roundhouse-worker agent proc-worker "
+                                   "registered with ",
+                                   server_->address())),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("job job-p: SIGTERM forwarded to the engine"),
+            std::string::npos);
+}
+#endif  // ROUNDHOUSE_AGENT_HARNESS
 
 TEST_F(AgentTest, InvalidOptionsNameTheFlag) {
   AgentOptions o = Options(JoinPath(dir_, "missing-engine"));
