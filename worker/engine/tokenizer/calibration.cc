@@ -64,8 +64,8 @@ absl::Status ValidateOptions(const CalibrationOptions& o) {
         "with the pack template (chunks mix documents)");
   }
   if (o.nsamples <= 0) {
-    return Invalid(absl::StrCat("calibration.nsamples: must be > 0, got ",
-                                o.nsamples));
+    return Invalid(
+        absl::StrCat("calibration.nsamples: must be > 0, got ", o.nsamples));
   }
   if (o.seqlen <= 0) {
     return Invalid(
@@ -97,9 +97,8 @@ absl::Status ForEachLine(
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     size_t bad = 0;
     if (!tokenizer::IsValidUtf8(line, &bad)) {
-      return Invalid(absl::StrCat(path, ":", line_no,
-                                  ": invalid UTF-8 at byte ", bad,
-                                  " of the line"));
+      return Invalid(absl::StrCat(
+          path, ":", line_no, ": invalid UTF-8 at byte ", bad, " of the line"));
     }
     RETURN_IF_ERROR(fn(line, line_no));
     start = end + 1;
@@ -203,9 +202,10 @@ absl::StatusOr<std::vector<Record>> ReadRecords(const CalibrationOptions& o,
       }
     }
     if (files.empty()) {
-      return Invalid(absl::StrCat("calibration.path: no .jsonl, .json or .txt "
-                                  "files below ",
-                                  o.path));
+      return Invalid(
+          absl::StrCat("calibration.path: no .jsonl, .json or .txt "
+                       "files below ",
+                       o.path));
     }
   } else {
     files.emplace_back(o.path, format == "jsonl");
@@ -213,8 +213,7 @@ absl::StatusOr<std::vector<Record>> ReadRecords(const CalibrationOptions& o,
   for (const auto& [file, jsonl] : files) {
     if (!jsonl && !o.stratify_column.empty()) {
       return Invalid(absl::StrCat(file, ": plain text has no column \"",
-                                  o.stratify_column,
-                                  "\" to stratify by"));
+                                  o.stratify_column, "\" to stratify by"));
     }
     if (jsonl) {
       RETURN_IF_ERROR(ReadJsonl(file, o, field, &records));
@@ -265,8 +264,8 @@ absl::StatusOr<TokenizerBundle> LoadTokenizerDir(const std::string& dir,
   auto tok = Tokenizer::LoadFromFile(tok_path);
   if (!tok.ok()) {
     if (absl::IsNotFound(tok.status()) && !required) return b;
-    return Invalid(absl::StrCat("calibration.tokenizer_dir: ",
-                                tok.status().message()));
+    return Invalid(
+        absl::StrCat("calibration.tokenizer_dir: ", tok.status().message()));
   }
   b.tok = std::move(tok).value();
   const std::string cfg_path = JoinPath(dir, "tokenizer_config.json");
@@ -276,8 +275,8 @@ absl::StatusOr<TokenizerBundle> LoadTokenizerDir(const std::string& dir,
     if (cfg.is_discarded() || !cfg.is_object()) {
       return Invalid(absl::StrCat(cfg_path, ": not a JSON object"));
     }
-    auto resolve = [&](const char* key) -> absl::StatusOr<
-                                            std::optional<int32_t>> {
+    auto resolve =
+        [&](const char* key) -> absl::StatusOr<std::optional<int32_t>> {
       auto t = ConfigToken(cfg, key);
       if (!t.has_value()) return std::optional<int32_t>();
       auto id = b.tok->TokenToId(*t);
@@ -303,10 +302,9 @@ std::string PyStrip(std::string_view s) {
       *len = 1;
       return true;
     }
-    static const char* kSpaces[] = {"\xC2\x85", "\xC2\xA0", "\xE3\x80\x80",
-                                    "\xE2\x80\xA8", "\xE2\x80\xA9",
-                                    "\xE2\x80\xAF", "\xE2\x81\x9F",
-                                    "\xE1\x9A\x80"};
+    static const char* kSpaces[] = {
+        "\xC2\x85",     "\xC2\xA0",     "\xE3\x80\x80", "\xE2\x80\xA8",
+        "\xE2\x80\xA9", "\xE2\x80\xAF", "\xE2\x81\x9F", "\xE1\x9A\x80"};
     for (const char* sp : kSpaces) {
       const size_t n = std::char_traits<char>::length(sp);
       if (s.compare(pos, n, sp) == 0) {
@@ -369,7 +367,10 @@ class Resolver {
  public:
   Resolver(const CalibrationOptions& o, const std::vector<Record>& records,
            const Tokenizer* tok)
-      : o_(o), records_(records), tok_(tok), cache_(records.size()),
+      : o_(o),
+        records_(records),
+        tok_(tok),
+        cache_(records.size()),
         state_(records.size(), 0) {}
 
   // Tokenized, templated, truncated ids of record i, or nullopt if the
@@ -412,9 +413,9 @@ class Resolver {
       }
       auto enc = tok_->Encode(prompt, /*add_special_tokens=*/true);
       if (!enc.ok()) {
-        return absl::Status(enc.status().code(),
-                            absl::StrCat(r.origin, ": ",
-                                         enc.status().message()));
+        return absl::Status(
+            enc.status().code(),
+            absl::StrCat(r.origin, ": ", enc.status().message()));
       }
       ids = std::move(enc).value();
     }
@@ -490,9 +491,9 @@ absl::Status NotEnough(const CalibrationOptions& o, int64_t records,
                        int64_t usable, int needed, const std::string& what) {
   return Invalid(absl::StrCat(
       o.path, ": only ", usable, " usable ", what, " (", records,
-      " records read", o.drop_short ? ", drop_short on" : "", "), but ",
-      needed, " are needed (nsamples ", o.nsamples, " + eval_samples ",
-      o.eval_samples, "); set allow_fewer to accept fewer"));
+      " records read", o.drop_short ? ", drop_short on" : "", "), but ", needed,
+      " are needed (nsamples ", o.nsamples, " + eval_samples ", o.eval_samples,
+      "); set allow_fewer to accept fewer"));
 }
 
 }  // namespace
@@ -504,21 +505,21 @@ absl::StatusOr<CalibrationSet> BuildCalibrationSet(
   if (!IsDirectory(o.path)) {
     auto probe = ReadFile(o.path);
     if (!probe.ok()) {
-      return absl::NotFoundError(absl::StrCat(
-          "calibration.path: cannot read ", o.path, ": ",
-          probe.status().message()));
+      return absl::NotFoundError(absl::StrCat("calibration.path: cannot read ",
+                                              o.path, ": ",
+                                              probe.status().message()));
     }
   }
   std::string field = o.field;
   ASSIGN_OR_RETURN(std::vector<Record> records, ReadRecords(o, &field));
   bool any_text = false;
   for (const Record& r : records) any_text |= !r.has_ids;
-  ASSIGN_OR_RETURN(TokenizerBundle tb, LoadTokenizerDir(o.tokenizer_dir,
-                                                        any_text));
+  ASSIGN_OR_RETURN(TokenizerBundle tb,
+                   LoadTokenizerDir(o.tokenizer_dir, any_text));
 
   CalibrationSet set;
   set.records_read = static_cast<int64_t>(records.size());
-  set.pad_token_id = o.pad_token_id >= 0 ? o.pad_token_id
+  set.pad_token_id = o.pad_token_id >= 0  ? o.pad_token_id
                      : tb.pad.has_value() ? *tb.pad
                      : tb.eos.has_value() ? *tb.eos
                                           : 0;
@@ -644,9 +645,9 @@ absl::StatusOr<CalibrationSet> BuildCalibrationSet(
                          "samples");
       }
     }
-    std::vector<size_t> tune(picked.begin(),
-                             picked.begin() + std::min<size_t>(
-                                                  picked.size(), o.nsamples));
+    std::vector<size_t> tune(
+        picked.begin(),
+        picked.begin() + std::min<size_t>(picked.size(), o.nsamples));
     std::vector<size_t> eval(picked.begin() + static_cast<long>(tune.size()),
                              picked.end());
     // Stratified picks come stratum by stratum: shuffle so batches mix.
@@ -664,10 +665,10 @@ absl::StatusOr<CalibrationSet> BuildCalibrationSet(
     }
   }
   const bool left = o.templ == "colqwen3_query";
-  set.samples = Pad(std::move(tune_ids), tune_strata, left, set.pad_token_id,
-                    o.seqlen);
-  set.eval_samples = Pad(std::move(eval_ids), eval_strata, left,
-                         set.pad_token_id, o.seqlen);
+  set.samples =
+      Pad(std::move(tune_ids), tune_strata, left, set.pad_token_id, o.seqlen);
+  set.eval_samples =
+      Pad(std::move(eval_ids), eval_strata, left, set.pad_token_id, o.seqlen);
   Sha256 h;
   h.Update("roundhouse-calibration-v1\n");
   HashSamples(set.samples, &h);

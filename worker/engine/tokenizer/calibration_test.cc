@@ -21,10 +21,9 @@ using ::testing::HasSubstr;
 class CalibrationTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = absl::StrCat(::testing::TempDir(), "/calib_",
-                        ::testing::UnitTest::GetInstance()
-                            ->current_test_info()
-                            ->name());
+    dir_ = absl::StrCat(
+        ::testing::TempDir(), "/calib_",
+        ::testing::UnitTest::GetInstance()->current_test_info()->name());
     ASSERT_TRUE(MakeDirs(dir_ + "/tok").ok());
     Write("tok/tokenizer.json", tokenizer::testdata::SmallTokenizerJson());
     Write("tok/tokenizer_config.json",
@@ -69,7 +68,7 @@ TEST_F(CalibrationTest, RandomSelectionIsSeededAndDisjoint) {
   std::set<int32_t> firsts;
   for (const auto& s : a->samples) firsts.insert(s.input_ids[0]);
   for (const auto& s : a->eval_samples) firsts.insert(s.input_ids[0]);
-  EXPECT_EQ(firsts.size(), 15u);  // tuning and eval disjoint
+  EXPECT_EQ(firsts.size(), 15u);                  // tuning and eval disjoint
   EXPECT_EQ(a->samples[0].input_ids.size(), 4u);  // L = longest, not seqlen
   EXPECT_EQ(a->content_sha256.size(), 64u);
   auto again = BuildCalibrationSet(o);
@@ -105,8 +104,8 @@ TEST_F(CalibrationTest, StratifiedEvenSharesAndRemainder) {
 
 TEST_F(CalibrationTest, ColQwen3QueryTemplateLeftPads) {
   CalibrationOptions o;
-  o.path = Write("q.jsonl",
-                 "{\"query\": \"  ab  \"}\n{\"query\": \"abc abc\"}\n");
+  o.path =
+      Write("q.jsonl", "{\"query\": \"  ab  \"}\n{\"query\": \"abc abc\"}\n");
   o.field = "query";
   o.templ = "colqwen3_query";
   o.tokenizer_dir = dir_ + "/tok";
@@ -126,13 +125,13 @@ TEST_F(CalibrationTest, ColQwen3QueryTemplateLeftPads) {
                                   s.attention_mask.end()),
               std::vector<int8_t>(10, 1));
     if (s.attention_mask[0] == 0) {  // "ab" (stripped), left padded by 2
-      EXPECT_THAT(s.attention_mask, ElementsAre(0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                                1, 1, 1));
+      EXPECT_THAT(s.attention_mask,
+                  ElementsAre(0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1));
       EXPECT_EQ(s.input_ids[2], 5);
     } else {  // "abc abc" -> abc Ġ abc
-      EXPECT_EQ(std::vector<int32_t>(s.input_ids.begin(),
-                                     s.input_ids.begin() + 3),
-                (std::vector<int32_t>{6, 4, 6}));
+      EXPECT_EQ(
+          std::vector<int32_t>(s.input_ids.begin(), s.input_ids.begin() + 3),
+          (std::vector<int32_t>{6, 4, 6}));
     }
   }
 }
@@ -183,9 +182,9 @@ TEST_F(CalibrationTest, PackCutsFullChunks) {
 TEST_F(CalibrationTest, DropShortFilterOfTheReference) {
   CalibrationOptions o;
   o.path = Write("d.jsonl",
-                 "{\"input_ids\": [1, 2, 3]}\n"                         // short
-                 "{\"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8, 9]}\n"       // ok
-                 "{\"input_ids\": [7, 7, 7, 7, 7, 1, 2, 7, 9]}\n");     // rep.
+                 "{\"input_ids\": [1, 2, 3]}\n"                      // short
+                 "{\"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8, 9]}\n"    // ok
+                 "{\"input_ids\": [7, 7, 7, 7, 7, 1, 2, 7, 9]}\n");  // rep.
   o.nsamples = 1;
   o.seqlen = 8;
   o.drop_short = true;

@@ -30,9 +30,9 @@ absl::StatusOr<std::vector<std::string>> ReadCorpusFile(
       }
       out.push_back(std::move(bytes));
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ":", line_no,
-          ": expected a JSON string or {\"base64\": \"...\"}"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", line_no,
+                       ": expected a JSON string or {\"base64\": \"...\"}"));
     }
   }
   return out;

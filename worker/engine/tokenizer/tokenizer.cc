@@ -112,9 +112,20 @@ size_t ScanOne(std::string_view s, size_t pos, size_t* bad_len) {
 // JavaScript's WhiteSpace + LineTerminator set (ECMA-262 `\s`, String.trim).
 bool IsJsSpace(uint32_t cp) {
   switch (cp) {
-    case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D: case 0x20:
-    case 0xA0: case 0x1680: case 0x2028: case 0x2029: case 0x202F:
-    case 0x205F: case 0x3000: case 0xFEFF:
+    case 0x09:
+    case 0x0A:
+    case 0x0B:
+    case 0x0C:
+    case 0x0D:
+    case 0x20:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
+    case 0xFEFF:
       return true;
     default:
       return cp >= 0x2000 && cp <= 0x200A;
@@ -189,13 +200,29 @@ absl::StatusOr<std::string> TranslateRegex(std::string pattern,
       const char* body = nullptr;
       bool negated = false;
       switch (n) {
-        case 's': body = kJsSpaceClassBody; break;
-        case 'S': body = kJsSpaceClassBody; negated = true; break;
-        case 'd': body = "0-9"; break;
-        case 'D': body = "0-9"; negated = true; break;
-        case 'w': body = "A-Za-z0-9_"; break;
-        case 'W': body = "A-Za-z0-9_"; negated = true; break;
-        default: break;
+        case 's':
+          body = kJsSpaceClassBody;
+          break;
+        case 'S':
+          body = kJsSpaceClassBody;
+          negated = true;
+          break;
+        case 'd':
+          body = "0-9";
+          break;
+        case 'D':
+          body = "0-9";
+          negated = true;
+          break;
+        case 'w':
+          body = "A-Za-z0-9_";
+          break;
+        case 'W':
+          body = "A-Za-z0-9_";
+          negated = true;
+          break;
+        default:
+          break;
       }
       if (body == nullptr) {
         out.push_back('\\');
@@ -267,7 +294,7 @@ struct Tokenizer::Impl {
   };
   struct PreStep {
     bool byte_level = false;
-    SplitStep split;             // when !byte_level
+    SplitStep split;                // when !byte_level
     bool add_prefix_space = false;  // byte_level only
   };
   struct TemplateItem {
@@ -275,8 +302,8 @@ struct Tokenizer::Impl {
     int32_t id = 0;
   };
 
-  absl::flat_hash_map<std::string, int32_t> vocab;     // includes added
-  std::vector<std::string> id_to_token;                 // "" = unused id
+  absl::flat_hash_map<std::string, int32_t> vocab;  // includes added
+  std::vector<std::string> id_to_token;             // "" = unused id
   // (left id << 32 | right id) -> (rank, merged id).
   absl::flat_hash_map<uint64_t, std::pair<int32_t, int32_t>> merges;
   std::optional<int32_t> unk_id;
@@ -297,7 +324,7 @@ struct Tokenizer::Impl {
   std::vector<PreStep> pre_steps;
   bool byte_level = false;  // the last pre-tokenizer step is ByteLevel
   bool byte_level_add_prefix_space = false;
-  std::array<int32_t, 256> byte_ids{};   // byte-level char -> vocab id
+  std::array<int32_t, 256> byte_ids{};        // byte-level char -> vocab id
   std::vector<TemplateItem> template_single;  // empty = no template
   bool has_template = false;
 
@@ -379,8 +406,12 @@ std::string_view Tokenizer::Impl::Normalize(std::string_view in,
     }
     int options = UTF8PROC_STABLE;
     switch (kind) {
-      case NormKind::kNfc: options |= UTF8PROC_COMPOSE; break;
-      case NormKind::kNfd: options |= UTF8PROC_DECOMPOSE; break;
+      case NormKind::kNfc:
+        options |= UTF8PROC_COMPOSE;
+        break;
+      case NormKind::kNfd:
+        options |= UTF8PROC_DECOMPOSE;
+        break;
       case NormKind::kNfkc:
         options |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
         break;
@@ -389,10 +420,10 @@ std::string_view Tokenizer::Impl::Normalize(std::string_view in,
         break;
     }
     utf8proc_uint8_t* dst = nullptr;
-    const utf8proc_ssize_t len = utf8proc_map(
-        reinterpret_cast<const utf8proc_uint8_t*>(cur.data()),
-        static_cast<utf8proc_ssize_t>(cur.size()), &dst,
-        static_cast<utf8proc_option_t>(options));
+    const utf8proc_ssize_t len =
+        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(cur.data()),
+                     static_cast<utf8proc_ssize_t>(cur.size()), &dst,
+                     static_cast<utf8proc_option_t>(options));
     if (len < 0) continue;  // unreachable for valid UTF-8; keep the input
     std::string next(reinterpret_cast<char*>(dst), static_cast<size_t>(len));
     std::free(dst);
@@ -402,9 +433,10 @@ std::string_view Tokenizer::Impl::Normalize(std::string_view in,
   return cur;
 }
 
-absl::Status Tokenizer::Impl::PreTokenize(
-    std::string_view text, std::deque<std::string>* arena,
-    std::vector<std::string_view>* pieces, pcre2_match_data* md) const {
+absl::Status Tokenizer::Impl::PreTokenize(std::string_view text,
+                                          std::deque<std::string>* arena,
+                                          std::vector<std::string_view>* pieces,
+                                          pcre2_match_data* md) const {
   pieces->clear();
   pieces->push_back(text);
   std::vector<std::string_view> next;
@@ -428,16 +460,16 @@ absl::Status Tokenizer::Impl::PreTokenize(
     for (std::string_view p : *pieces) {
       size_t prev = 0, offset = 0;
       while (offset <= p.size()) {
-        int rc = pcre2_match(
-            split.code.get(), reinterpret_cast<PCRE2_SPTR>(p.data()),
-            p.size(), offset, PCRE2_NO_UTF_CHECK, md, nullptr);
+        int rc = pcre2_match(split.code.get(),
+                             reinterpret_cast<PCRE2_SPTR>(p.data()), p.size(),
+                             offset, PCRE2_NO_UTF_CHECK, md, nullptr);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
           PCRE2_UCHAR msg[256];
           pcre2_get_error_message(rc, msg, sizeof(msg));
-          return absl::InternalError(absl::StrCat(
-              "tokenizer regex failed at byte ", offset, ": ",
-              reinterpret_cast<const char*>(msg)));
+          return absl::InternalError(
+              absl::StrCat("tokenizer regex failed at byte ", offset, ": ",
+                           reinterpret_cast<const char*>(msg)));
         }
         const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
         const size_t ms = ov[0], me = ov[1];
@@ -473,8 +505,8 @@ absl::Status Tokenizer::Impl::PreTokenize(
 void Tokenizer::Impl::MergeSymbols(std::vector<int32_t>* syms) const {
   std::vector<int32_t>& s = *syms;
   if (s.size() < 2) return;
-  auto lookup = [this](int32_t a, int32_t b) -> const std::pair<int32_t,
-                                                                int32_t>* {
+  auto lookup = [this](int32_t a,
+                       int32_t b) -> const std::pair<int32_t, int32_t>* {
     if (a < 0 || b < 0) return nullptr;
     auto it = merges.find((static_cast<uint64_t>(a) << 32) |
                           static_cast<uint32_t>(b));
@@ -534,8 +566,9 @@ void Tokenizer::Impl::MergeSymbols(std::vector<int32_t>* syms) const {
       continue;
     }
     const int32_t j = next[i];
-    s[i] = merges.find((static_cast<uint64_t>(e.left_sym) << 32) |
-                       static_cast<uint32_t>(e.right_sym))
+    s[i] = merges
+               .find((static_cast<uint64_t>(e.left_sym) << 32) |
+                     static_cast<uint32_t>(e.right_sym))
                ->second.second;
     alive[j] = false;
     next[i] = next[j];
@@ -615,8 +648,8 @@ absl::Status Tokenizer::Impl::Bpe(std::string_view piece,
     }
     if (!unk_id.has_value()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "text contains a character that is not in the vocabulary (\"",
-          text, "\") and the tokenizer has no unk_token"));
+          "text contains a character that is not in the vocabulary (\"", text,
+          "\") and the tokenizer has no unk_token"));
     }
     out->push_back(*unk_id);
   }
@@ -675,9 +708,9 @@ absl::Status Tokenizer::Impl::Encode(std::string_view text, bool add_special,
       cache_store.insert(cache_store.end(),
                          body.begin() + static_cast<std::ptrdiff_t>(before),
                          body.end());
-      cache.emplace(AV(piece), std::make_pair(
-                               start,
-                               static_cast<uint32_t>(cache_store.size())));
+      cache.emplace(
+          AV(piece),
+          std::make_pair(start, static_cast<uint32_t>(cache_store.size())));
     }
   }
   if (!has_template) {
@@ -704,15 +737,15 @@ absl::StatusOr<std::unique_ptr<pcre2_code, PcreCodeDeleter>> CompileRegex(
     const std::string& pattern, const std::string& where) {
   int err = 0;
   PCRE2_SIZE err_off = 0;
-  pcre2_code* code = pcre2_compile(
-      reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-      PCRE2_UTF | PCRE2_UCP, &err, &err_off, nullptr);
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()),
+                                   pattern.size(), PCRE2_UTF | PCRE2_UCP, &err,
+                                   &err_off, nullptr);
   if (code == nullptr) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof(msg));
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": cannot compile regex ", pattern, " at offset ", err_off,
-        ": ", reinterpret_cast<const char*>(msg)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": cannot compile regex ", pattern, " at offset ",
+                     err_off, ": ", reinterpret_cast<const char*>(msg)));
   }
   // JIT is an optimisation only; pcre2_match falls back to the interpreter.
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
@@ -745,15 +778,14 @@ absl::Status ParseNormalizer(const json& j, const std::string& where,
           absl::StrCat(where, ".normalizers: missing or not an array"));
     }
     for (size_t i = 0; i < j["normalizers"].size(); ++i) {
-      RETURN_IF_ERROR(ParseNormalizer(j["normalizers"][i],
-                                      absl::StrCat(where, ".normalizers[", i,
-                                                   "]"),
-                                      out));
+      RETURN_IF_ERROR(
+          ParseNormalizer(j["normalizers"][i],
+                          absl::StrCat(where, ".normalizers[", i, "]"), out));
     }
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": unsupported normalizer type \"", type,
-        "\" (supported: NFC, NFD, NFKC, NFKD, Sequence, null)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": unsupported normalizer type \"", type,
+                     "\" (supported: NFC, NFD, NFKC, NFKD, Sequence, null)"));
   }
   return absl::OkStatus();
 }
@@ -769,8 +801,8 @@ absl::Status ParsePreTokenizer(const json& j, const std::string& where,
     }
     for (size_t i = 0; i < j["pretokenizers"].size(); ++i) {
       RETURN_IF_ERROR(ParsePreTokenizer(
-          j["pretokenizers"][i],
-          absl::StrCat(where, ".pretokenizers[", i, "]"), out));
+          j["pretokenizers"][i], absl::StrCat(where, ".pretokenizers[", i, "]"),
+          out));
     }
     return absl::OkStatus();
   }
@@ -831,16 +863,16 @@ absl::Status ParsePreTokenizer(const json& j, const std::string& where,
     } else if (behavior != "Isolated") {
       // The JS reference treats every other behaviour like Isolated while
       // Hugging Face does not: refuse rather than produce disputed ids.
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ".behavior: unsupported split behavior \"", behavior,
-          "\" (supported: Isolated, Removed)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".behavior: unsupported split behavior \"",
+                       behavior, "\" (supported: Isolated, Removed)"));
     }
     out->push_back(std::move(step));
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      where, ": unsupported pre_tokenizer type \"", type,
-      "\" (supported: ByteLevel, Split, Sequence, null)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(where, ": unsupported pre_tokenizer type \"", type,
+                   "\" (supported: ByteLevel, Split, Sequence, null)"));
 }
 
 absl::Status ParsePostProcessor(const json& j, const std::string& where,
@@ -857,8 +889,8 @@ absl::Status ParsePostProcessor(const json& j, const std::string& where,
     }
     for (size_t i = 0; i < j["processors"].size(); ++i) {
       RETURN_IF_ERROR(ParsePostProcessor(
-          j["processors"][i], absl::StrCat(where, ".processors[", i, "]"),
-          impl, t, has_template));
+          j["processors"][i], absl::StrCat(where, ".processors[", i, "]"), impl,
+          t, has_template));
     }
     return absl::OkStatus();
   }
@@ -887,13 +919,14 @@ absl::Status ParsePostProcessor(const json& j, const std::string& where,
         const std::string tok = item["SpecialToken"]["id"];
         auto it = impl.vocab.find(tok);
         if (it == impl.vocab.end()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              iw, ".SpecialToken.id: token \"", tok, "\" is not in the vocabulary"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(iw, ".SpecialToken.id: token \"", tok,
+                           "\" is not in the vocabulary"));
         }
         ti.id = it->second;
       } else {
-        return absl::InvalidArgumentError(absl::StrCat(
-            iw, ": expected a Sequence or SpecialToken item"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(iw, ": expected a Sequence or SpecialToken item"));
       }
       t->push_back(ti);
     }
@@ -935,9 +968,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromJson(
   const json& model = root["model"];
   const std::string model_type = model.value("type", "BPE");
   if (model_type != "BPE") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        origin, ": model.type \"", model_type,
-        "\" is not supported (only BPE)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(origin, ": model.type \"", model_type,
+                     "\" is not supported (only BPE)"));
   }
   for (const char* key : {"end_of_word_suffix", "continuing_subword_prefix"}) {
     if (model.contains(key) && model[key].is_string() &&
@@ -955,9 +988,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromJson(
   for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) {
     if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
         it.value().get<int64_t>() > INT32_MAX / 2) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          origin, ": model.vocab[\"", it.key(),
-          "\"]: id must be a non-negative integer"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(origin, ": model.vocab[\"", it.key(),
+                       "\"]: id must be a non-negative integer"));
     }
     const auto id = it.value().get<int32_t>();
     impl->vocab[it.key()] = id;
@@ -971,9 +1004,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromJson(
     }
     for (size_t i = 0; i < root["added_tokens"].size(); ++i) {
       const json& a = root["added_tokens"][i];
-      if (!a.is_object() || !a.contains("id") ||
-          !a["id"].is_number_integer() || !a.contains("content") ||
-          !a["content"].is_string() || a["content"].get<std::string>().empty()) {
+      if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() ||
+          !a.contains("content") || !a["content"].is_string() ||
+          a["content"].get<std::string>().empty()) {
         return absl::InvalidArgumentError(absl::StrCat(
             origin, ": added_tokens[", i,
             "]: needs an integer \"id\" and a non-empty \"content\""));
@@ -1020,7 +1053,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromJson(
     std::string left, right;
     const json& m = merges[i];
     if (m.is_string()) {
-      std::vector<std::string> parts = absl::StrSplit(m.get<std::string>(), ' ');
+      std::vector<std::string> parts =
+          absl::StrSplit(m.get<std::string>(), ' ');
       if (parts.size() != 2) {
         return absl::InvalidArgumentError(absl::StrCat(
             origin, ": model.merges[", i, "] \"", m.get<std::string>(),
@@ -1034,28 +1068,27 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromJson(
       right = m[1].get<std::string>();
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
-          origin, ": model.merges[", i,
-          "] must be \"a b\" or [\"a\", \"b\"]"));
+          origin, ": model.merges[", i, "] must be \"a b\" or [\"a\", \"b\"]"));
     }
     auto l = impl->vocab.find(left);
     auto r = impl->vocab.find(right);
     auto merged = impl->vocab.find(left + right);
     if (l == impl->vocab.end() || r == impl->vocab.end() ||
         merged == impl->vocab.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          origin, ": model.merges[", i, "] (\"", left, "\", \"", right,
-          "\"): token or merge result not in model.vocab"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(origin, ": model.merges[", i, "] (\"", left, "\", \"",
+                       right, "\"): token or merge result not in model.vocab"));
     }
     const uint64_t key = (static_cast<uint64_t>(l->second) << 32) |
                          static_cast<uint32_t>(r->second);
     // The first occurrence defines the rank (later duplicates never win).
-    impl->merges.emplace(key,
-                         std::make_pair(static_cast<int32_t>(i), merged->second));
+    impl->merges.emplace(
+        key, std::make_pair(static_cast<int32_t>(i), merged->second));
   }
 
-  RETURN_IF_ERROR(ParseNormalizer(
-      root.contains("normalizer") ? root["normalizer"] : json(),
-      origin + ": normalizer", &impl->normalizers));
+  RETURN_IF_ERROR(
+      ParseNormalizer(root.contains("normalizer") ? root["normalizer"] : json(),
+                      origin + ": normalizer", &impl->normalizers));
   RETURN_IF_ERROR(ParsePreTokenizer(
       root.contains("pre_tokenizer") ? root["pre_tokenizer"] : json(),
       origin + ": pre_tokenizer", &impl->pre_steps));
@@ -1078,8 +1111,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromJson(
       impl->byte_ids[b] = it == impl->vocab.end() ? -1 : it->second;
       if (it == impl->vocab.end() && !impl->unk_id.has_value()) {
         return absl::InvalidArgumentError(absl::StrCat(
-            origin, ": model.vocab lacks the byte-level character for byte ",
-            b, " and there is no unk_token"));
+            origin, ": model.vocab lacks the byte-level character for byte ", b,
+            " and there is no unk_token"));
       }
     }
   }

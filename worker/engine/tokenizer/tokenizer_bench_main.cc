@@ -48,7 +48,8 @@ int main(int argc, char** argv) {
       }
       tokens += ids->size();
     }
-    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    const double s =
+        std::chrono::duration<double>(Clock::now() - start).count();
     const double tps = static_cast<double>(tokens) / s;
     best = std::max(best, tps);
     std::cout << "repeat " << r << " tokens " << tokens << " seconds " << s

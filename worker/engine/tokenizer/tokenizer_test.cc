@@ -75,13 +75,15 @@ TEST(TokenizerTest, LongWordsUseTheSameMergeOrder) {
   EXPECT_EQ(Enc(*t, s40), std::vector<int32_t>(40, 5));
   EXPECT_EQ(Enc(*t, abc30), std::vector<int32_t>(30, 6));
   // A long whitespace run stays one piece and does not blow the stack.
-  EXPECT_EQ(Enc(*t, std::string(100000, ' ')),
-            std::vector<int32_t>(100000, 4));
+  EXPECT_EQ(Enc(*t, std::string(100000, ' ')), std::vector<int32_t>(100000, 4));
 }
 
 TEST(TokenizerTest, InvalidUtf8IsReplacedLikeTextDecoder) {
   auto t = Small();
-  EXPECT_EQ(SanitizeUtf8("a\xFF" "b"), "a\xEF\xBF\xBD" "b");
+  EXPECT_EQ(SanitizeUtf8("a\xFF"
+                         "b"),
+            "a\xEF\xBF\xBD"
+            "b");
   // Truncated 4-byte sequence: one U+FFFD for the maximal subpart.
   EXPECT_EQ(SanitizeUtf8("\xF0\x9F\x98x"), "\xEF\xBF\xBDx");
   // Surrogate: E0..EF lead with an out-of-range second byte -> per byte.
@@ -96,8 +98,16 @@ TEST(TokenizerTest, InvalidUtf8IsReplacedLikeTextDecoder) {
   EXPECT_FALSE(IsValidUtf8("0123456789\xC3", &bad));
   EXPECT_EQ(bad, 10u);
   // Encode never fails on invalid input: it encodes the sanitized text.
-  EXPECT_EQ(Enc(*t, "a\xFF" "b"), Enc(*t, "a\xEF\xBF\xBD" "b"));
-  EXPECT_THAT(Enc(*t, "a\xFF" "b"), ElementsAre(1, 0, 0, 0, 2));
+  EXPECT_EQ(Enc(*t,
+                "a\xFF"
+                "b"),
+            Enc(*t,
+                "a\xEF\xBF\xBD"
+                "b"));
+  EXPECT_THAT(Enc(*t,
+                  "a\xFF"
+                  "b"),
+              ElementsAre(1, 0, 0, 0, 2));
 }
 
 TEST(TokenizerTest, TemplateProcessingAddsSpecialTokens) {
@@ -135,7 +145,9 @@ TEST(TokenizerTest, Lookups) {
   EXPECT_EQ(t->TokenToId("<|endoftext|>"), 9);
   EXPECT_EQ(t->TokenToId("ab"), 5);
   EXPECT_EQ(t->TokenToId("zz"), std::nullopt);
-  EXPECT_EQ(t->IdToToken(8), "\xC4\xA0" "ab");
+  EXPECT_EQ(t->IdToToken(8),
+            "\xC4\xA0"
+            "ab");
   EXPECT_EQ(t->IdToToken(99), std::nullopt);
   EXPECT_EQ(t->vocab_size(), 15);
 }
