@@ -179,6 +179,33 @@ TEST_F(CalibrationTest, PackCutsFullChunks) {
   EXPECT_THAT(fewer.status().message(), HasSubstr("only 3 usable"));
 }
 
+TEST_F(CalibrationTest, PackReaddsBosPerChunk) {
+  ASSERT_TRUE(MakeDirs(dir_ + "/tok_bos").ok());
+  Write("tok_bos/tokenizer.json",
+        tokenizer::testdata::SmallTokenizerJson(
+            R"({"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                           {"Sequence": {"id": "A", "type_id": 0}}]})"));
+  Write("tok_bos/tokenizer_config.json", R"({"bos_token": "<s>"})");
+  CalibrationOptions o;
+  // Documents encode to [<s> abc], [<s> ab Ġab], [<s> a a a].
+  o.path = Write("docs.txt", "abc\nab ab\naaa\n");
+  o.tokenizer_dir = dir_ + "/tok_bos";
+  o.templ = "pack";
+  o.nsamples = 2;
+  o.seqlen = 4;
+  auto set = BuildCalibrationSet(o);
+  ASSERT_TRUE(set.ok()) << set.status();
+  ASSERT_EQ(set->samples.size(), 2u);
+  std::multiset<int32_t> bodies;
+  for (const auto& s : set->samples) {
+    ASSERT_EQ(s.input_ids.size(), 4u);
+    EXPECT_EQ(s.input_ids[0], 11);  // BOS re-added to every chunk
+    bodies.insert(s.input_ids.begin() + 1, s.input_ids.end());
+  }
+  EXPECT_EQ(bodies, (std::multiset<int32_t>{6, 5, 8, 1, 1, 1}));
+}
+
 TEST_F(CalibrationTest, DropShortFilterOfTheReference) {
   CalibrationOptions o;
   o.path = Write("d.jsonl",
