@@ -11,7 +11,10 @@ function(roundhouse_unit_tests)
   target_compile_definitions(${ARG_NAME} PRIVATE
     ROUNDHOUSE_SHARED_DIR="${ROUNDHOUSE_SHARED_DIR}"
     ROUNDHOUSE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+  # gtest_discover_tests forwards PROPERTIES as key/value pairs, so a label
+  # list must keep its separators escaped.
   set(labels unit ${ARG_LABELS})
+  string(REPLACE ";" "\\;" labels "${labels}")
   gtest_discover_tests(${ARG_NAME}
     PROPERTIES LABELS "${labels}"
     DISCOVERY_TIMEOUT 60)
