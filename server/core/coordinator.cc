@@ -268,7 +268,7 @@ absl::StatusOr<SubmitResult> Coordinator::SubmitJob(
     }
   }
   absl::Status status = ticket->Wait();
-  absl::MutexLock lock(&mu_);
+  absl::ReleasableMutexLock lock(&mu_);
   if (!result.created) {
     if (!status.ok()) return status;
     return result;
@@ -298,8 +298,9 @@ absl::StatusOr<SubmitResult> Coordinator::SubmitJob(
     }
   }
   result.job = e->job();
+  lock.Release();  // log outside the lock
   Log("accepted %s (priority %d, model %s)", job_id,
-      e->job().spec().priority(), e->stored.model_path);
+      result.job.spec().priority(), valid.model_path);
   return result;
 }
 

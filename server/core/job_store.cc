@@ -191,6 +191,9 @@ JobStore::~JobStore() {
     stopping_ = true;
   }
   writer_.join();
+  sqlite3_finalize(insert_stmt_);
+  sqlite3_finalize(update_stmt_);
+  sqlite3_finalize(worker_stmt_);
   sqlite3_close(db_);
 }
 
@@ -297,12 +300,23 @@ absl::Status JobStore::Exec(const char* sql) {
 }
 
 absl::Status JobStore::Apply(const PendingWrite& w) {
-  const char* sql = w.kind == Kind::kInsertJob   ? kInsertJob
-                    : w.kind == Kind::kUpdateJob ? kUpdateJob
-                                                 : kUpsertWorker;
-  Statement st(db_, sql);
-  RETURN_IF_ERROR(st.status());
-  sqlite3_stmt* s = st.get();
+  // Statements are prepared once and reused (writer thread only).
+  sqlite3_stmt** slot = w.kind == Kind::kInsertJob   ? &insert_stmt_
+                        : w.kind == Kind::kUpdateJob ? &update_stmt_
+                                                     : &worker_stmt_;
+  if (*slot == nullptr) {
+    const char* sql = w.kind == Kind::kInsertJob   ? kInsertJob
+                      : w.kind == Kind::kUpdateJob ? kUpdateJob
+                                                   : kUpsertWorker;
+    if (sqlite3_prepare_v2(db_, sql, -1, slot, nullptr) != SQLITE_OK) {
+      *slot = nullptr;
+      return absl::InternalError(
+          absl::StrCat("sqlite prepare: ", sqlite3_errmsg(db_)));
+    }
+  }
+  sqlite3_stmt* s = *slot;
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
   std::string what;
   if (w.kind == Kind::kUpsertWorker) {
     BindText(s, 1, w.worker.info.worker_id());
@@ -314,6 +328,7 @@ absl::Status JobStore::Apply(const PendingWrite& w) {
     what = absl::StrCat("job ", w.job.job.job_id());
   }
   int rc = sqlite3_step(s);
+  sqlite3_reset(s);
   if (rc != SQLITE_DONE) {
     std::string msg = sqlite3_errmsg(db_);
     if ((rc & 0xff) == SQLITE_CONSTRAINT) {

@@ -27,6 +27,7 @@
 #include "roundhouse/v1/roundhouse.pb.h"
 
 struct sqlite3;
+struct sqlite3_stmt;
 
 namespace roundhouse::server {
 
@@ -114,6 +115,10 @@ class JobStore {
   std::deque<PendingWrite> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   Counters counters_ ABSL_GUARDED_BY(mu_);
+  // Prepared statements, used by the writer thread only.
+  sqlite3_stmt* insert_stmt_ = nullptr;
+  sqlite3_stmt* update_stmt_ = nullptr;
+  sqlite3_stmt* worker_stmt_ = nullptr;
   std::thread writer_;
 };
 
