@@ -33,8 +33,11 @@ struct GeneratorOptions {
   int num_heads = -1;
   int num_kv_heads = -1;
   int head_dim = -1;
-  int vocab_size = -1;  // must be >= 259 (byte symbols + 3 special tokens)
-  // "float32" or "bfloat16".
+  // Must cover the generated tokenizer: 259 tokens (256 byte symbols + 3
+  // special tokens), 263 for qwen3_vl / colqwen3 (+ <|vision_start|>,
+  // <|vision_end|>, <|image_pad|>, <|video_pad|> as ids 259..262).
+  int vocab_size = -1;
+  // "float32", "bfloat16" or "float16".
   std::string dtype = "float32";
   uint64_t seed = 0;
   // 0 = one model.safetensors; otherwise shards of at most this many bytes.
@@ -49,9 +52,14 @@ struct GeneratorOptions {
 // be an empty directory): config.json, generation_config.json,
 // tokenizer.json (byte-level BPE: the 256 GPT-2 byte symbols as ids
 // 0..255, no merges, then <|endoftext|>, <|im_start|>, <|im_end|>),
-// tokenizer_config.json, weights, and for colqwen3 the remote-code
-// placeholders (configuration_/modeling_/processing_colqwen3.py) and
-// preprocessor_config.json. Everything is written into `<out_dir>.tmp-<pid>`
+// tokenizer_config.json, weights (and calib.jsonl when asked), for
+// qwen3_vl / colqwen3 preprocessor_config.json, and for colqwen3 the remote-code
+// placeholders (configuration_/modeling_/processing_colqwen3.py).
+// Family conventions: llama stores lm_head (untied), qwen2/qwen3/qwen3_vl
+// tie and store none, colqwen3 stores none; qwen3_vl writes the
+// transformers-5 spelling (rope_parameters, "dtype"), colqwen3 the 4.57
+// one (rope_scaling + rope_theta, "dtype"), text models "torch_dtype".
+// Everything is written into `<out_dir>.tmp-<pid>`
 // and renamed into place, so `out_dir` appears complete or not at all.
 // Weights are generated and written tensor by tensor (the writer holds at
 // most one shard), so the full-size preset does not need all of its bytes
@@ -59,7 +67,8 @@ struct GeneratorOptions {
 absl::Status GenerateCheckpoint(const GeneratorOptions& options,
                                 const std::string& out_dir);
 
-// Number of tokens of the generated tokenizer (256 + 3).
+// Number of tokens of the generated text tokenizer (256 + 3); the VL
+// families add 4 vision tokens.
 inline constexpr int kGeneratedTokenizerSize = 259;
 
 }  // namespace roundhouse::engine

@@ -33,13 +33,17 @@ namespace roundhouse::engine {
 //   "estimate": {"bits", "group_size", "bytes_before", "bytes_after",
 //                "ratio"}
 // }
-// Rule (reference AutoRound): a Linear with out % 32 != 0 or in % 32 != 0
-// stays 16-bit; group_size must be -1 (per channel) or divide `in`, else the
-// Linear stays 16-bit too. bytes_after counts packed weights
-// (out*in*bits/8), one fp16 scale per group and packed zero points
-// (asymmetric layout, bits per group) for quantized Linears, and 2 bytes per
-// element (16-bit) for everything else. Also: bits must be in [2, 8] and
-// group_size -1 or > 0 (InvalidArgument otherwise).
+// Rule (reference AutoRound, autoround-spec §3.4): a Linear with
+// out % 32 != 0 or in % 32 != 0 stays 16-bit. roundhouse also keeps a
+// Linear whose `in` is larger than group_size but not a multiple of it
+// (group_size -1, or >= in, means one group per output row). The
+// layer_config suggestion has one rule per Linear kind ("mlp\\.gate_proj$")
+// when every block keeps it, else one anchored rule per layer.
+// bytes_after counts, for quantized Linears, the GPTQ-style packed weights
+// (out*in*bits/8), one fp16 scale and one packed zero point per group and
+// output channel and an fp16 bias; every other tensor as stored.
+// Errors: bits outside [2, 8], group_size not -1 or positive
+// (InvalidArgument); checkpoint/config errors as in DiscoverLayout.
 absl::StatusOr<nlohmann::json> InspectModel(const std::string& model_dir,
                                             int bits = 4,
                                             int group_size = 128);
