@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/files.h"
 #include "common/status_macros.h"
 
 namespace roundhouse::server {
@@ -38,6 +39,22 @@ std::string NewJobId() {
 
 absl::Duration DeadlineOf(const Job& job) {
   return absl::Seconds(job.spec().deadline_seconds());
+}
+
+// When the worker gives no ETA (<= 0) while blocks remain, estimate it from
+// the mean tuning time of the blocks reported so far; -1 when unknown.
+void FillEta(roundhouse::v1::Progress* p) {
+  int remaining = p->blocks_total() - p->blocks_done();
+  if (p->eta_seconds() > 0 || remaining <= 0) return;
+  double sum = 0;
+  int n = 0;
+  for (const auto& b : p->blocks()) {
+    if (b.seconds() > 0) {
+      sum += b.seconds();
+      ++n;
+    }
+  }
+  p->set_eta_seconds(n > 0 ? sum / n * remaining : -1);
 }
 
 }  // namespace
@@ -81,6 +98,17 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
   }
   if (options.lease_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("lease_timeout: must be > 0");
+  }
+  for (const std::string& root : options.models.model_roots) {
+    if (!IsDirectory(root)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model-root: ", root, " is not a directory"));
+    }
+  }
+  if (!options.models.hf_cache.empty() &&
+      !IsDirectory(options.models.hf_cache)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hf-cache: ", options.models.hf_cache, " is not a directory"));
   }
   if (options.clock == nullptr) options.clock = Clock::Real();
   ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store,
@@ -621,6 +649,7 @@ absl::StatusOr<roundhouse::v1::HeartbeatResponse> Coordinator::Heartbeat(
                      p.eta_seconds() != e->job().progress().eta_seconds();
       if (changed) {
         *e->job().mutable_progress() = p;
+        FillEta(e->job().mutable_progress());
         NotifyLocked(e, block ? "block" : "progress");
         if (now - e->last_persist >= options_.progress_persist_interval) {
           PersistLocked(e);  // not awaited: progress is advisory

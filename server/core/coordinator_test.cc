@@ -479,7 +479,12 @@ TEST_F(CoordinatorTest, WatchSeesSnapshotThenChanges) {
   p->set_stage("tuning");
   p->set_blocks_done(1);
   p->set_blocks_total(2);
+  auto* b = p->add_blocks();
+  b->set_block_index(0);
+  b->set_seconds(4);
   ASSERT_TRUE(coord_->Heartbeat(hb).ok());
+  // No ETA from the worker: estimated from the block time (1 left x 4 s).
+  EXPECT_DOUBLE_EQ(coord_->GetJob(job.job_id())->progress().eta_seconds(), 4);
   ASSERT_TRUE(Complete(l, "w").ok());
   ASSERT_EQ(events.size(), 4u);
   EXPECT_EQ(events[0].second, "snapshot");
@@ -492,6 +497,16 @@ TEST_F(CoordinatorTest, WatchSeesSnapshotThenChanges) {
                            [&](const Job&, const std::string&) { ++late; }),
             0);
   EXPECT_EQ(late, 1);
+}
+
+TEST_F(CoordinatorTest, MissingModelRootIsRejectedAtStart) {
+  CoordinatorOptions o;
+  o.db_path = dir_ + "/other.sqlite";
+  o.models.model_roots = {dir_ + "/no-such-root"};
+  o.tick_interval = absl::ZeroDuration();
+  auto c = Coordinator::Create(o);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("no-such-root"), std::string::npos);
 }
 
 TEST_F(CoordinatorTest, LeaseWaitIsWokenBySubmit) {
