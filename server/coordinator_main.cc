@@ -1,6 +1,6 @@
 // roundhouse-coordinator: the job queue and lease service.
 //
-//   roundhouse-coordinator --db /var/lib/roundhouse/coordinator.db \
+//   roundhouse-coordinator --db /var/lib/roundhouse/coordinator.db
 //       --model-root /models --hf-cache /models/hub
 //
 // Prints "roundhouse-coordinator listening on HOST:PORT" to stderr once

@@ -1,6 +1,6 @@
 // roundhouse-coordinator-bench: load generator for a running coordinator.
 //
-//   roundhouse-coordinator-bench --coordinator 127.0.0.1:7600 --model m \
+//   roundhouse-coordinator-bench --coordinator 127.0.0.1:7600 --model m
 //       --preload 10000 --workers 200 --clients 1,8,64 --duration-seconds 10
 //
 // Phases: (1) preload N queued jobs; (2) start W simulated workers that
