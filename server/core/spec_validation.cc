@@ -187,6 +187,11 @@ absl::StatusOr<std::string> ResolveHf(const ModelResolverOptions& options,
   }
   auto real = RealPath(snapshot);
   if (!real.ok()) return Invalid("model", real.status().message());
+  auto real_cache = RealPath(options.hf_cache);
+  if (!real_cache.ok() || !IsWithin(*real, *real_cache)) {
+    return Invalid("model", absl::StrCat("hf://", ref, ": snapshot ", *real,
+                                         " is outside the hub cache"));
+  }
   if (!PathExists(JoinPath(*real, "config.json"))) {
     return Invalid("model", absl::StrCat("hf://", ref, " (", *real,
                                          ") has no config.json"));
@@ -330,6 +335,15 @@ absl::StatusOr<ValidatedSpec> ValidateSpec(const ModelResolverOptions& options,
   ValidatedSpec out;
   ASSIGN_OR_RETURN(out.model_path, ResolveModel(options, spec.model()));
   RETURN_IF_ERROR(ValidateCalibration(spec.calibration(), out.model_path));
+  if (!ev.eval_path().empty()) {
+    std::string path = ev.eval_path()[0] == '/'
+                           ? ev.eval_path()
+                           : JoinPath(out.model_path, ev.eval_path());
+    if (!PathExists(path)) {
+      return Invalid("evaluation.eval_path",
+                     absl::StrCat(path, " does not exist"));
+    }
+  }
   out.spec = std::move(spec);
   return out;
 }

@@ -122,6 +122,11 @@ TEST_F(SpecValidationTest, ModelConfinedToRoots) {
   ExpectError(R"({})", "model: required");
   ExpectError(R"({"model":"m","calibration":{"path":"nope.jsonl"}})",
               "calibration.path");
+  ExpectError(R"({"model":"m","evaluation":{"eval_path":"nope.jsonl"}})",
+              "evaluation.eval_path");
+  EXPECT_TRUE(Check(R"({"model":"m","calibration":{"path":"calib.jsonl"},
+                        "evaluation":{"eval_path":"calib.jsonl"}})")
+                  .ok());
 }
 
 TEST_F(SpecValidationTest, SymlinkOutOfRootIsRejected) {
@@ -142,6 +147,16 @@ TEST_F(SpecValidationTest, HfReferences) {
   EXPECT_FALSE(ResolveModel(opts_, "hf://org/other").ok());
   EXPECT_FALSE(ResolveModel(opts_, "hf://org/../x").ok());
   EXPECT_FALSE(ResolveModel(opts_, "hf://justname").ok());
+  // A snapshot that is a symlink out of the cache is refused.
+  std::string repo = dir_ + "/hub/models--org--tiny";
+  ASSERT_EQ(symlink((dir_ + "/outside").c_str(),
+                    (repo + "/snapshots/evil").c_str()),
+            0);
+  auto evil = ResolveModel(opts_, "hf://org/tiny@evil");
+  EXPECT_FALSE(evil.ok());
+  EXPECT_NE(evil.status().message().find("outside the hub cache"),
+            std::string::npos)
+      << evil.status();
 }
 
 }  // namespace
