@@ -203,6 +203,60 @@ TEST_F(ServerTest, WorkerFlowWithWatcherAndFencing) {
   EXPECT_TRUE(late->Finish().ok());
 }
 
+TEST_F(ServerTest, SlowWatcherGetsCoalescedEventsAndTheFinalState) {
+  Register("w1");
+  v1::Job job = Submit(R"({"model":"m"})");
+  grpc::ClientContext watch_ctx;
+  v1::WatchJobRequest wreq;
+  wreq.set_job_id(job.job_id());
+  auto reader = jobs_->WatchJob(&watch_ctx, wreq);
+  v1::JobEvent e;
+  ASSERT_TRUE(reader->Read(&e));  // snapshot; then stop reading for a while
+  v1::Lease lease = Lease("w1");
+  ASSERT_EQ(lease.job_id(), job.job_id());
+  // ~2000 progress events of ~4 KB each: far more than the HTTP/2 window, so
+  // without coalescing the server would have to queue megabytes.
+  constexpr int kBeats = 2000;
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id("w1");
+  *hb.add_leases() = Ref(lease, "w1");
+  auto* p = hb.add_progress();
+  p->set_stage("tuning");
+  p->set_blocks_total(kBeats + 1);
+  for (int b = 0; b < 100; ++b) {
+    auto* blk = p->add_blocks();
+    blk->set_block_index(b);
+    blk->set_loss_before(1.0 / (b + 1));
+    blk->set_loss_after(0.5 / (b + 1));
+    blk->set_seconds(1);
+  }
+  for (int i = 1; i <= kBeats; ++i) {
+    p->set_blocks_done(i);
+    grpc::ClientContext ctx;
+    v1::HeartbeatResponse resp;
+    ASSERT_TRUE(workers_->Heartbeat(&ctx, hb, &resp).ok());
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::CompleteJobRequest req;
+    *req.mutable_lease() = Ref(lease, "w1");
+    v1::Ack ack;
+    ASSERT_TRUE(workers_->CompleteJob(&ctx, req, &ack).ok());
+  }
+  int received = 0;
+  int last_done = 0;
+  v1::JobState last_state = v1::JOB_STATE_UNSPECIFIED;
+  while (reader->Read(&e)) {
+    ++received;
+    EXPECT_GE(e.job().progress().blocks_done(), last_done);  // never older
+    last_done = e.job().progress().blocks_done();
+    last_state = e.job().state();
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(last_state, v1::JOB_STATE_SUCCEEDED);
+  EXPECT_LT(received, kBeats);
+}
+
 TEST_F(ServerTest, WatchUnknownJobIsNotFound) {
   grpc::ClientContext ctx;
   v1::WatchJobRequest req;
