@@ -730,10 +730,11 @@ absl::Status Coordinator::FailJob(const roundhouse::v1::FailJobRequest& request)
             e->stored.low_memory = true;
             RequeueLocked(e, RetryReason::kOom, msg);
           } else {
-            FinishLocked(e, roundhouse::v1::JOB_STATE_FAILED,
-                         err.failure_class(), msg);
+            // Set before FinishLocked so watchers see the peak too.
             job.mutable_error()->set_peak_memory_bytes(
                 err.peak_memory_bytes());
+            FinishLocked(e, roundhouse::v1::JOB_STATE_FAILED,
+                         err.failure_class(), msg);
           }
           break;
         case roundhouse::v1::FAILURE_CLASS_CANCELLED:
