@@ -110,7 +110,12 @@ absl::Status ValidateCalibration(const roundhouse::v1::CalibrationSpec& c,
     RETURN_IF_ERROR(CheckStringOneOf("calibration.selection", c.selection(),
                                      {"random", "stratified"}));
   }
-  if (c.selection() == "stratified" && c.stratify_column().empty()) {
+  if (!c.preset().empty()) {
+    RETURN_IF_ERROR(CheckStringOneOf("calibration.preset", c.preset(),
+                                     {"colpali_train_set"}));
+  }
+  if (c.selection() == "stratified" && c.stratify_column().empty() &&
+      c.preset().empty()) {
     return Invalid("calibration.stratify_column",
                    "required when selection is \"stratified\"");
   }

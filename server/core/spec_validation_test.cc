@@ -122,6 +122,13 @@ TEST_F(SpecValidationTest, ModelConfinedToRoots) {
   ExpectError(R"({})", "model: required");
   ExpectError(R"({"model":"m","calibration":{"path":"nope.jsonl"}})",
               "calibration.path");
+  ExpectError(R"({"model":"m","calibration":{"preset":"c4"}})",
+              "calibration.preset: \"c4\" is not one of");
+  ExpectError(R"({"model":"m","calibration":{"selection":"stratified"}})",
+              "calibration.stratify_column");
+  EXPECT_TRUE(Check(R"({"model":"m","calibration":{"preset":
+                        "colpali_train_set","selection":"stratified"}})")
+                  .ok());
   ExpectError(R"({"model":"m","evaluation":{"eval_path":"nope.jsonl"}})",
               "evaluation.eval_path");
   EXPECT_TRUE(Check(R"({"model":"m","calibration":{"path":"calib.jsonl"},
