@@ -266,9 +266,11 @@ absl::Status Agent::Run() {
                              "); retrying"));
         lease_failing = true;
       }
-      // A restarted coordinator may have forgotten this worker.
+      // A restarted coordinator may have forgotten this worker; it answers
+      // LeaseJob from an unknown worker with FAILED_PRECONDITION.
       if (g.error_code() == grpc::StatusCode::UNAVAILABLE ||
-          g.error_code() == grpc::StatusCode::NOT_FOUND) {
+          g.error_code() == grpc::StatusCode::NOT_FOUND ||
+          g.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
         absl::MutexLock lock(&mu_);
         registered_ = false;
       }
@@ -704,6 +706,17 @@ void Agent::RunJob(const v1::Lease& lease) {
                   0, progress);
     remove_job_dir();
     finish("cancelled");
+    return;
+  }
+  if (exit.signaled && exit.signal_number == SIGTERM && drain_forwarded) {
+    // The engine installs its SIGTERM handler only after parsing the spec;
+    // a drain that arrives earlier kills it outright. Nothing was lost, so
+    // this is a preemption, not a crash charged to the retry budget.
+    ReportFailure(job.ref, v1::FAILURE_CLASS_PREEMPTED,
+                  "engine stopped by the drain's SIGTERM before its first "
+                  "checkpoint",
+                  0, progress);
+    finish("preempted");
     return;
   }
   if (exit.signaled) {

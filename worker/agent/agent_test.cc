@@ -46,6 +46,7 @@ class FakeCoordinator final : public v1::WorkerService::Service {
                               v1::RegisterWorkerResponse* resp) override {
     absl::MutexLock lock(&mu_);
     registrations_.push_back(*req);
+    forgotten_ = false;
     resp->set_heartbeat_interval_seconds(0.2);
     resp->set_lease_timeout_seconds(5);
     return grpc::Status::OK;
@@ -54,6 +55,11 @@ class FakeCoordinator final : public v1::WorkerService::Service {
                         v1::LeaseJobResponse* resp) override {
     absl::MutexLock lock(&mu_);
     ++lease_calls_;
+    if (forgotten_) {
+      // What the real coordinator answers a worker it does not know.
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "worker is not registered: call RegisterWorker");
+    }
     const absl::Time until =
         absl::Now() + absl::Seconds(std::min(req->wait_seconds(), 0.2));
     while (queue_.empty() && absl::Now() < until) {
@@ -108,6 +114,11 @@ class FakeCoordinator final : public v1::WorkerService::Service {
     absl::MutexLock lock(&mu_);
     actions_[job_id] = a;
   }
+  // Drops all registrations, like a coordinator restarted without them.
+  void ForgetWorkers() {
+    absl::MutexLock lock(&mu_);
+    forgotten_ = true;
+  }
   void FailReportsFirst(int n) {
     absl::MutexLock lock(&mu_);
     report_failures_left_ = n;
@@ -147,6 +158,7 @@ class FakeCoordinator final : public v1::WorkerService::Service {
   std::vector<v1::CompleteJobRequest> completes_;
   std::vector<v1::FailJobRequest> fails_;
   int lease_calls_ = 0;
+  bool forgotten_ = false;
   int report_failures_left_ = 0;
   grpc::Status report_status_ = grpc::Status::OK;
 };
@@ -594,6 +606,47 @@ wait $!
     drain_flag_seen |= hb.draining();
   }
   EXPECT_TRUE(drain_flag_seen);
+}
+
+TEST_F(AgentTest, DrainBeforeTheEnginesHandlerIsStillPreempted) {
+  // No trap: SIGTERM kills the engine outright, as it does before the real
+  // engine has installed its handler.
+  const std::string engine =
+      WriteEngine("sleep 30 &\ntouch \"$TESTDIR/ready\"\nwait $!\n");
+  AgentOptions o = Options(engine);
+  o.once = false;
+  server_->service.Enqueue(MakeLease("job-early"));
+  auto agent = MakeAgent(o);
+  std::thread runner([&] { EXPECT_TRUE(agent->Run().ok()); });
+  for (int i = 0; i < 1000 && !PathExists(JoinPath(dir_, "ready")); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  agent->RequestDrain();
+  runner.join();
+  v1::FailJobRequest f = SingleFail();
+  EXPECT_EQ(f.error().failure_class(), v1::FAILURE_CLASS_PREEMPTED)
+      << f.error().message();
+}
+
+TEST_F(AgentTest, ReRegistersWhenTheCoordinatorForgotTheWorker) {
+  const std::string engine =
+      WriteEngine(absl::StrCat(kTwoBlocks, kWriteArtifact, "exit 0\n"));
+  AgentOptions o = Options(engine);
+  o.once = false;
+  auto agent = MakeAgent(o);
+  std::thread runner([&] { EXPECT_TRUE(agent->Run().ok()); });
+  for (int i = 0; i < 500 && server_->service.registrations() == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  server_->service.ForgetWorkers();
+  server_->service.Enqueue(MakeLease("job-forgotten"));
+  for (int i = 0; i < 1000 && server_->service.completes().empty(); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  agent->RequestDrain();
+  runner.join();
+  EXPECT_EQ(server_->service.registrations(), 2);
+  ASSERT_EQ(server_->service.completes().size(), 1u);
 }
 
 TEST_F(AgentTest, StaleEpochRefusalIsLoggedAndTheAgentMovesOn) {
