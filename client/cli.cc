@@ -160,31 +160,51 @@ absl::StatusOr<std::pair<std::string, std::string>> LabelFlag(
 
 const char* CodeName(grpc::StatusCode code) {
   switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED: return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    default: return "UNKNOWN_CODE";
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN_CODE";
   }
 }
 
 class Cli {
  public:
   Cli(const CliIo& io, std::string coordinator)
-      : io_(io), out_(*io.out), err_(*io.err),
+      : io_(io),
+        out_(*io.out),
+        err_(*io.err),
         coordinator_(std::move(coordinator)),
         stub_(v1::JobService::NewStub(grpc::CreateChannel(
             coordinator_, grpc::InsecureChannelCredentials()))) {}
@@ -218,15 +238,25 @@ class Cli {
   }
 
   int Submit(const std::vector<std::string>& raw) {
-    absl::StatusOr<Args> parsed = ParseArgs(
-        raw, "submit",
-        {{"model", {true}}, {"bits", {true}}, {"group-size", {true}},
-         {"sym", {}}, {"asym", {}}, {"iters", {true}}, {"nsamples", {true}},
-         {"seqlen", {true}}, {"batch-size", {true}}, {"seed", {true}},
-         {"priority", {true}}, {"label", {true, true}},
-         {"deadline-seconds", {true}}, {"format", {true, true}},
-         {"calibration", {true}}, {"idempotency-key", {true}},
-         {"wait", {}}, {"json", {}}});
+    absl::StatusOr<Args> parsed = ParseArgs(raw, "submit",
+                                            {{"model", {true}},
+                                             {"bits", {true}},
+                                             {"group-size", {true}},
+                                             {"sym", {}},
+                                             {"asym", {}},
+                                             {"iters", {true}},
+                                             {"nsamples", {true}},
+                                             {"seqlen", {true}},
+                                             {"batch-size", {true}},
+                                             {"seed", {true}},
+                                             {"priority", {true}},
+                                             {"label", {true, true}},
+                                             {"deadline-seconds", {true}},
+                                             {"format", {true, true}},
+                                             {"calibration", {true}},
+                                             {"idempotency-key", {true}},
+                                             {"wait", {}},
+                                             {"json", {}}});
     if (!parsed.ok()) return Usage(parsed.status());
     const Args& args = *parsed;
     if (args.positionals.size() > 1) {
@@ -244,9 +274,8 @@ class Cli {
       try {
         base = nlohmann::json::parse(*text);
       } catch (const nlohmann::json::exception& e) {
-        return Usage(absl::InvalidArgumentError(
-            absl::StrCat("spec file '", path, "' is not valid JSON: ",
-                         e.what())));
+        return Usage(absl::InvalidArgumentError(absl::StrCat(
+            "spec file '", path, "' is not valid JSON: ", e.what())));
       }
     }
     SpecOverrides o;
@@ -255,14 +284,12 @@ class Cli {
       const char* flag;
       std::optional<int>* target;
     };
-    for (IntTarget t : {IntTarget{"bits", &o.bits},
-                        IntTarget{"group-size", &o.group_size},
-                        IntTarget{"iters", &o.iters},
-                        IntTarget{"nsamples", &o.nsamples},
-                        IntTarget{"seqlen", &o.seqlen},
-                        IntTarget{"batch-size", &o.batch_size},
-                        IntTarget{"seed", &o.seed},
-                        IntTarget{"priority", &o.priority}}) {
+    for (IntTarget t :
+         {IntTarget{"bits", &o.bits}, IntTarget{"group-size", &o.group_size},
+          IntTarget{"iters", &o.iters}, IntTarget{"nsamples", &o.nsamples},
+          IntTarget{"seqlen", &o.seqlen},
+          IntTarget{"batch-size", &o.batch_size}, IntTarget{"seed", &o.seed},
+          IntTarget{"priority", &o.priority}}) {
       if (!args.Has(t.flag)) continue;
       absl::StatusOr<int> v = IntFlag(args, t.flag);
       if (!v.ok()) return Usage(v.status());
@@ -277,9 +304,9 @@ class Cli {
     if (args.Has("deadline-seconds")) {
       double d;
       if (!absl::SimpleAtod(args.Get("deadline-seconds"), &d) || !(d >= 0)) {
-        return Usage(absl::InvalidArgumentError(absl::StrCat(
-            "--deadline-seconds: expected seconds >= 0, got '",
-            args.Get("deadline-seconds"), "'")));
+        return Usage(absl::InvalidArgumentError(
+            absl::StrCat("--deadline-seconds: expected seconds >= 0, got '",
+                         args.Get("deadline-seconds"), "'")));
       }
       o.deadline_seconds = d;
     }
@@ -374,7 +401,8 @@ class Cli {
       // Reconnect only once the job was seen: a coordinator restart must
       // not fail a CI gate, but an unreachable one at start is an error.
       const bool retryable =
-          have_event && (s.ok() || s.error_code() == grpc::StatusCode::UNAVAILABLE);
+          have_event &&
+          (s.ok() || s.error_code() == grpc::StatusCode::UNAVAILABLE);
       if (!retryable) {
         end_bar();
         if (s.ok()) {
@@ -389,11 +417,13 @@ class Cli {
         broken_since = now;
         end_bar();
         err_ << "roundhouse: lost the watch stream ("
-             << (s.ok() ? "closed" : s.error_message())
-             << "); reconnecting\n";
+             << (s.ok() ? "closed" : s.error_message()) << "); reconnecting\n";
       }
       if (now - broken_since > io_.watch_reconnect_timeout) {
-        return RpcError("WatchJob", s.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream kept closing") : s);
+        return RpcError("WatchJob",
+                        s.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                              "stream kept closing")
+                               : s);
       }
       absl::SleepFor(absl::Milliseconds(500));
     }
@@ -430,11 +460,13 @@ class Cli {
   }
 
   int List(const std::vector<std::string>& raw) {
-    absl::StatusOr<Args> parsed = ParseArgs(
-        raw, "list",
-        {{"state", {true, true}}, {"label", {true, true}},
-         {"page-size", {true}}, {"page-token", {true}}, {"all", {}},
-         {"json", {}}});
+    absl::StatusOr<Args> parsed = ParseArgs(raw, "list",
+                                            {{"state", {true, true}},
+                                             {"label", {true, true}},
+                                             {"page-size", {true}},
+                                             {"page-token", {true}},
+                                             {"all", {}},
+                                             {"json", {}}});
     if (!parsed.ok()) return Usage(parsed.status());
     const Args& args = *parsed;
     if (!args.positionals.empty()) {
@@ -571,7 +603,8 @@ int RunCli(const std::vector<std::string>& args, const CliIo& io) {
   if (command == "inspect") return cli.Get(rest, /*inspect=*/true);
   if (command == "list") return cli.List(rest);
   if (command == "cancel") return cli.Cancel(rest);
-  err << "roundhouse: unknown command '" << command << "'\n(see roundhouse --help)\n";
+  err << "roundhouse: unknown command '" << command
+      << "'\n(see roundhouse --help)\n";
   return kExitUsage;
 }
 

@@ -318,7 +318,8 @@ class FakeJobService final : public v1::JobService::Service {
     } else {
       e.mutable_job()->mutable_error()->set_failure_class(
           v1::FAILURE_CLASS_INTERNAL);
-      e.mutable_job()->mutable_error()->set_message("engine exited with signal 9");
+      e.mutable_job()->mutable_error()->set_message(
+          "engine exited with signal 9");
     }
     watch_events_.push_back(e);
   }
@@ -378,9 +379,10 @@ class CliTest : public ::testing::Test {
 
 TEST_F(CliTest, SubmitSendsTheMergedSpecAndPrintsTheId) {
   const std::string spec = JoinPath(dir_, "spec.json");
-  ASSERT_TRUE(WriteFileAtomically(
-                  spec, R"({"model":"/m","scheme":{"bits":4},"labels":{"a":"1"}})")
-                  .ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(
+          spec, R"({"model":"/m","scheme":{"bits":4},"labels":{"a":"1"}})")
+          .ok());
   EXPECT_EQ(Run({"submit", spec, "--bits=8", "--asym", "--label", "b=2",
                  "--format", "auto_gptq", "--idempotency-key", "k1"}),
             0)
@@ -395,9 +397,9 @@ TEST_F(CliTest, SubmitSendsTheMergedSpecAndPrintsTheId) {
 }
 
 TEST_F(CliTest, SubmitJsonAndDuplicateKey) {
-  EXPECT_EQ(Run({"submit", "--model", "/m", "--json", "--idempotency-key",
-                 "seen"}),
-            0);
+  EXPECT_EQ(
+      Run({"submit", "--model", "/m", "--json", "--idempotency-key", "seen"}),
+      0);
   json job = json::parse(out_.str());
   EXPECT_EQ(job["job_id"], "job-42");
   EXPECT_EQ(job["state"], "JOB_STATE_QUEUED");
@@ -448,8 +450,9 @@ TEST_F(CliTest, UnreachableCoordinatorExitsThree) {
     auto s = b.BuildAndStart();
     s->Shutdown(absl::ToChronoTime(absl::Now()));
   }
-  EXPECT_EQ(Run({"get", "j", "--coordinator", absl::StrCat("127.0.0.1:", dead_port)}),
-            kExitRpc);
+  EXPECT_EQ(
+      Run({"get", "j", "--coordinator", absl::StrCat("127.0.0.1:", dead_port)}),
+      kExitRpc);
   EXPECT_NE(err_.str().find("UNAVAILABLE"), std::string::npos) << err_.str();
   EXPECT_NE(err_.str().find("is the coordinator running"), std::string::npos);
   EXPECT_EQ(Run({"watch", "j", "--coordinator",

@@ -36,10 +36,10 @@ absl::StatusOr<v1::JobState> ParseState(const std::string& text) {
   v1::JobState state;
   if (!v1::JobState_Parse(upper, &state) ||
       state == v1::JOB_STATE_UNSPECIFIED) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--state: unknown state '", text,
-        "' (queued, running, succeeded, failed, cancelled, "
-        "deadline_exceeded, failed_quality)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--state: unknown state '", text,
+                     "' (queued, running, succeeded, failed, cancelled, "
+                     "deadline_exceeded, failed_quality)"));
   }
   return state;
 }
@@ -66,10 +66,10 @@ std::string FormatBytes(int64_t bytes) {
 
 std::string FormatTimestamp(double unix_seconds) {
   if (unix_seconds <= 0) return "-";
-  return absl::FormatTime("%Y-%m-%d %H:%M:%S",
-                          absl::FromUnixMicros(static_cast<int64_t>(
-                              unix_seconds * 1e6)),
-                          absl::UTCTimeZone());
+  return absl::FormatTime(
+      "%Y-%m-%d %H:%M:%S",
+      absl::FromUnixMicros(static_cast<int64_t>(unix_seconds * 1e6)),
+      absl::UTCTimeZone());
 }
 
 namespace {
@@ -105,14 +105,14 @@ std::string FormatProgressBar(const v1::Job& job, int bar_width) {
   const v1::Progress& p = job.progress();
   const double fraction = std::clamp(p.fraction(), 0.0, 1.0);
   const int filled = static_cast<int>(fraction * bar_width);
-  std::string line = absl::StrCat(
-      job.job_id(), " [", std::string(filled, '#'),
-      std::string(std::max(0, bar_width - filled), '.'), "] ",
-      absl::StrFormat("%3d%%", static_cast<int>(fraction * 100)));
+  std::string line =
+      absl::StrCat(job.job_id(), " [", std::string(filled, '#'),
+                   std::string(std::max(0, bar_width - filled), '.'), "] ",
+                   absl::StrFormat("%3d%%", static_cast<int>(fraction * 100)));
   absl::StrAppend(&line, " ",
-                  p.stage().empty() ? absl::AsciiStrToLower(
-                                          StateName(job.state()))
-                                    : p.stage());
+                  p.stage().empty()
+                      ? absl::AsciiStrToLower(StateName(job.state()))
+                      : p.stage());
   if (p.blocks_total() > 0) {
     absl::StrAppend(&line, " ", p.blocks_done(), "/", p.blocks_total());
   }
@@ -129,8 +129,8 @@ std::string FormatProgressBar(const v1::Job& job, int bar_width) {
 }
 
 std::string FormatOutcome(const v1::Job& job) {
-  std::string out = absl::StrCat("job ", job.job_id(), " ",
-                                 StateName(job.state()));
+  std::string out =
+      absl::StrCat("job ", job.job_id(), " ", StateName(job.state()));
   if (job.state() == v1::JOB_STATE_SUCCEEDED) {
     absl::StrAppend(&out, ": artifact ", job.artifact().directory());
     return out;
@@ -157,23 +157,24 @@ std::string FormatJobTable(const std::vector<v1::Job>& jobs) {
   std::vector<std::vector<std::string>> rows = {
       {"ID", "STATE", "PRI", "ATTEMPT", "STAGE", "CREATED", "MODEL"}};
   for (const v1::Job& j : jobs) {
-    rows.push_back({j.job_id(), StateName(j.state()),
-                    absl::StrCat(j.spec().priority()),
-                    absl::StrCat(j.attempt()),
-                    j.progress().stage().empty() ? "-" : j.progress().stage(),
-                    FormatTimestamp(j.created_unix_seconds()),
-                    j.spec().model()});
+    rows.push_back(
+        {j.job_id(), StateName(j.state()), absl::StrCat(j.spec().priority()),
+         absl::StrCat(j.attempt()),
+         j.progress().stage().empty() ? "-" : j.progress().stage(),
+         FormatTimestamp(j.created_unix_seconds()), j.spec().model()});
   }
   std::vector<size_t> width(rows[0].size(), 0);
   for (const auto& r : rows) {
-    for (size_t c = 0; c < r.size(); ++c) width[c] = std::max(width[c], r[c].size());
+    for (size_t c = 0; c < r.size(); ++c)
+      width[c] = std::max(width[c], r[c].size());
   }
   std::string out;
   for (const auto& r : rows) {
     std::string line;
     for (size_t c = 0; c < r.size(); ++c) {
       line += r[c];
-      if (c + 1 < r.size()) line += std::string(width[c] - r[c].size() + 2, ' ');
+      if (c + 1 < r.size())
+        line += std::string(width[c] - r[c].size() + 2, ' ');
     }
     absl::StrAppend(&out, line, "\n");
   }
@@ -195,26 +196,28 @@ std::string FormatJobSummary(const v1::Job& job) {
   if (!job.worker_id().empty()) {
     absl::StrAppend(&out, "worker:    ", job.worker_id(), "\n");
   }
-  absl::StrAppend(&out, "created:   ", FormatTimestamp(job.created_unix_seconds()),
-                  "\n");
+  absl::StrAppend(
+      &out, "created:   ", FormatTimestamp(job.created_unix_seconds()), "\n");
   absl::StrAppend(&out, "progress:  ", FormatProgressLine(job), "\n");
-  if (IsTerminal(job.state())) absl::StrAppend(&out, "outcome:   ", FormatOutcome(job), "\n");
+  if (IsTerminal(job.state()))
+    absl::StrAppend(&out, "outcome:   ", FormatOutcome(job), "\n");
   return out;
 }
 
 std::string FormatInspect(const v1::Job& job) {
   std::string out = FormatJobSummary(job);
-  absl::StrAppend(&out, "started:   ", FormatTimestamp(job.started_unix_seconds()),
-                  "\n");
-  absl::StrAppend(&out, "finished:  ",
-                  FormatTimestamp(job.finished_unix_seconds()), "\n");
+  absl::StrAppend(
+      &out, "started:   ", FormatTimestamp(job.started_unix_seconds()), "\n");
+  absl::StrAppend(
+      &out, "finished:  ", FormatTimestamp(job.finished_unix_seconds()), "\n");
   absl::StrAppend(&out, "lease epoch: ", job.lease_epoch(), "\n");
   if (!job.idempotency_key().empty()) {
     absl::StrAppend(&out, "idempotency key: ", job.idempotency_key(), "\n");
   }
   if (!job.spec().labels().empty()) {
     std::vector<std::string> labels;
-    for (const auto& [k, v] : job.spec().labels()) labels.push_back(k + "=" + v);
+    for (const auto& [k, v] : job.spec().labels())
+      labels.push_back(k + "=" + v);
     std::sort(labels.begin(), labels.end());
     absl::StrAppend(&out, "labels:    ", absl::StrJoin(labels, ","), "\n");
   }
@@ -224,27 +227,29 @@ std::string FormatInspect(const v1::Job& job) {
   if (p.blocks_size() > 0) {
     absl::StrAppend(&out, "\nblocks (", p.blocks_done(), "/", p.blocks_total(),
                     "):\n");
-    absl::StrAppend(&out, absl::StrFormat("  %5s  %12s  %12s  %8s  %9s\n",
-                                          "BLOCK", "LOSS_BEFORE", "LOSS_AFTER",
-                                          "GAIN", "SECONDS"));
+    absl::StrAppend(
+        &out, absl::StrFormat("  %5s  %12s  %12s  %8s  %9s\n", "BLOCK",
+                              "LOSS_BEFORE", "LOSS_AFTER", "GAIN", "SECONDS"));
     for (const v1::BlockProgress& b : p.blocks()) {
       const std::string gain =
           b.loss_before() > 0
-              ? absl::StrFormat("%.1f%%", 100.0 * (b.loss_before() - b.loss_after()) /
-                                              b.loss_before())
+              ? absl::StrFormat("%.1f%%",
+                                100.0 * (b.loss_before() - b.loss_after()) /
+                                    b.loss_before())
               : "-";
-      absl::StrAppend(&out, absl::StrFormat("  %5d  %12.6g  %12.6g  %8s  %9.2f\n",
-                                            b.block_index(), b.loss_before(),
-                                            b.loss_after(), gain, b.seconds()));
+      absl::StrAppend(&out,
+                      absl::StrFormat("  %5d  %12.6g  %12.6g  %8s  %9.2f\n",
+                                      b.block_index(), b.loss_before(),
+                                      b.loss_after(), gain, b.seconds()));
     }
   }
   if (!job.artifact().directory().empty() || job.artifact().files_size() > 0) {
     absl::StrAppend(&out, "\nartifact: ", job.artifact().directory(), "\n");
     int64_t total = 0;
     for (const v1::ArtifactFile& f : job.artifact().files()) {
-      absl::StrAppend(&out, absl::StrFormat("  %-40s %12s  %s\n", f.path(),
-                                            FormatBytes(f.size_bytes()),
-                                            f.sha256()));
+      absl::StrAppend(&out,
+                      absl::StrFormat("  %-40s %12s  %s\n", f.path(),
+                                      FormatBytes(f.size_bytes()), f.sha256()));
       total += f.size_bytes();
     }
     absl::StrAppend(&out, "  ", job.artifact().files_size(), " files, ",
@@ -252,9 +257,9 @@ std::string FormatInspect(const v1::Job& job) {
   }
   if (job.has_error() &&
       job.error().failure_class() != v1::FAILURE_CLASS_UNSPECIFIED) {
-    absl::StrAppend(&out, "\nerror: ",
-                    FailureClassName(job.error().failure_class()), ": ",
-                    job.error().message());
+    absl::StrAppend(&out,
+                    "\nerror: ", FailureClassName(job.error().failure_class()),
+                    ": ", job.error().message());
     if (job.error().peak_memory_bytes() > 0) {
       absl::StrAppend(&out, " (peak ",
                       FormatBytes(job.error().peak_memory_bytes()), ")");
@@ -269,8 +274,8 @@ std::string ToJson(const google::protobuf::Message& message, bool pretty) {
   options.preserve_proto_field_names = true;
   options.add_whitespace = pretty;
   std::string out;
-  auto status = google::protobuf::util::MessageToJsonString(message, &out,
-                                                            options);
+  auto status =
+      google::protobuf::util::MessageToJsonString(message, &out, options);
   if (!status.ok()) {
     return nlohmann::json({{"error", status.ToString()}}).dump();
   }

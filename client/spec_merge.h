@@ -18,17 +18,17 @@ namespace roundhouse::client {
 
 // Overrides from flags; unset members leave the file's value alone.
 struct SpecOverrides {
-  std::optional<std::string> model;             // --model     -> model
-  std::optional<int> bits;                      // --bits      -> scheme.bits
-  std::optional<int> group_size;                // --group-size
-  std::optional<bool> sym;                      // --sym / --asym
-  std::optional<int> iters;                     // --iters
-  std::optional<int> nsamples;                  // --nsamples
-  std::optional<int> seqlen;                    // --seqlen
-  std::optional<int> batch_size;                // --batch-size
-  std::optional<int> seed;                      // --seed
-  std::optional<int> priority;                  // --priority  -> priority
-  std::optional<double> deadline_seconds;       // --deadline-seconds
+  std::optional<std::string> model;        // --model     -> model
+  std::optional<int> bits;                 // --bits      -> scheme.bits
+  std::optional<int> group_size;           // --group-size
+  std::optional<bool> sym;                 // --sym / --asym
+  std::optional<int> iters;                // --iters
+  std::optional<int> nsamples;             // --nsamples
+  std::optional<int> seqlen;               // --seqlen
+  std::optional<int> batch_size;           // --batch-size
+  std::optional<int> seed;                 // --seed
+  std::optional<int> priority;             // --priority  -> priority
+  std::optional<double> deadline_seconds;  // --deadline-seconds
   // --label k=v (repeatable): merged into `labels`, flags win per key.
   std::vector<std::pair<std::string, std::string>> labels;
   // --format F (repeatable): replaces `export_formats` when non-empty.

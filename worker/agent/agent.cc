@@ -41,8 +41,8 @@ namespace {
 // Logging without absl/log (not in Abseil 20220623): one fprintf per line so
 // lines of different threads do not interleave.
 void LogLine(const std::string& line) {
-  const std::string ts =
-      absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone());
+  const std::string ts = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(),
+                                          absl::UTCTimeZone());
   fprintf(stderr, "%s %s\n", ts.c_str(), line.c_str());
   fflush(stderr);
 }
@@ -82,7 +82,8 @@ int64_t AvailableMemoryBytes() {
     v = absl::StripAsciiWhitespace(v);
     absl::ConsumeSuffix(&v, "kB");
     int64_t kib = 0;
-    if (absl::SimpleAtoi(absl::StripAsciiWhitespace(v), &kib)) return kib * 1024;
+    if (absl::SimpleAtoi(absl::StripAsciiWhitespace(v), &kib))
+      return kib * 1024;
   }
   return 0;
 }
@@ -134,7 +135,8 @@ void Agent::Log(const std::string& job_id, const std::string& message) const {
 }
 
 absl::Status Agent::ValidateOptions() const {
-  if (stub_ == nullptr) return absl::InvalidArgumentError("no coordinator stub");
+  if (stub_ == nullptr)
+    return absl::InvalidArgumentError("no coordinator stub");
   if (options_.worker_id.empty()) {
     return absl::InvalidArgumentError("--worker-id must not be empty");
   }
@@ -153,9 +155,9 @@ absl::Status Agent::ValidateOptions() const {
   }
   if (options_.engine_binary.empty() ||
       access(options_.engine_binary.c_str(), X_OK) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--engine-binary '", options_.engine_binary,
-        "' is not an executable file"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--engine-binary '", options_.engine_binary,
+                     "' is not an executable file"));
   }
   if (options_.cancel_grace < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--cancel-grace-seconds must be >= 0");
@@ -180,48 +182,55 @@ void Agent::RequestDrain() {
   cv_.SignalAll();
 }
 
+absl::Status Agent::RegisterOnce() {
+  absl::MutexLock reg(&register_mu_);
+  {
+    // Both the lease loop and the heartbeat thread may get here after the
+    // same outage; only one of them registers.
+    absl::MutexLock lock(&mu_);
+    if (registered_) return absl::OkStatus();
+  }
+  v1::RegisterWorkerRequest req;
+  req.set_worker_id(options_.worker_id);
+  req.set_device(options_.device);
+  req.set_memory_bytes(options_.memory_bytes);
+  req.set_gpu_count(options_.gpu_count);
+  req.set_version(ROUNDHOUSE_VERSION);
+  v1::RegisterWorkerResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+  grpc::Status g = stub_->RegisterWorker(&ctx, req, &resp);
+  if (!g.ok()) {
+    if (metrics_ != nullptr) metrics_->RpcFailed("register");
+    return absl::UnavailableError(GrpcError(g));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    registered_ = true;
+    heartbeat_interval_ = resp.heartbeat_interval_seconds() > 0
+                              ? absl::Seconds(resp.heartbeat_interval_seconds())
+                              : options_.default_heartbeat_interval;
+    cv_.SignalAll();
+  }
+  if (!ever_registered_) {
+    ever_registered_ = true;
+    // Tests and operators wait for this exact line.
+    fprintf(stderr, "roundhouse-worker agent %s registered with %s\n",
+            options_.worker_id.c_str(), options_.coordinator.c_str());
+    fflush(stderr);
+  } else {
+    Log("", "re-registered with the coordinator");
+  }
+  return absl::OkStatus();
+}
+
 bool Agent::EnsureRegistered() {
   absl::Duration backoff = options_.backoff_initial;
   bool logged_failure = false;
   while (true) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (registered_) return true;
-    }
     if (draining_.load()) return false;
-    absl::Status s;
-    {
-      absl::MutexLock reg(&register_mu_);
-      v1::RegisterWorkerRequest req;
-      req.set_worker_id(options_.worker_id);
-      req.set_device(options_.device);
-      req.set_memory_bytes(options_.memory_bytes);
-      req.set_gpu_count(options_.gpu_count);
-      req.set_version(ROUNDHOUSE_VERSION);
-      v1::RegisterWorkerResponse resp;
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
-      grpc::Status g = stub_->RegisterWorker(&ctx, req, &resp);
-      if (g.ok()) {
-        absl::MutexLock lock(&mu_);
-        registered_ = true;
-        heartbeat_interval_ =
-            resp.heartbeat_interval_seconds() > 0
-                ? absl::Seconds(resp.heartbeat_interval_seconds())
-                : options_.default_heartbeat_interval;
-        cv_.SignalAll();
-      } else {
-        s = absl::UnavailableError(GrpcError(g));
-      }
-    }
-    if (s.ok()) {
-      // Tests and operators wait for this exact line.
-      fprintf(stderr, "roundhouse-worker agent %s registered with %s\n",
-              options_.worker_id.c_str(), options_.coordinator.c_str());
-      fflush(stderr);
-      return true;
-    }
-    if (metrics_ != nullptr) metrics_->RpcFailed("register");
+    absl::Status s = RegisterOnce();
+    if (s.ok()) return true;
     if (!logged_failure) {
       Log("", absl::StrCat("cannot register with the coordinator (",
                            s.message(), "); retrying"));
@@ -262,8 +271,7 @@ absl::Status Agent::Run() {
     if (!g.ok()) {
       if (metrics_ != nullptr) metrics_->RpcFailed("lease");
       if (!lease_failing) {
-        Log("", absl::StrCat("LeaseJob failed (", GrpcError(g),
-                             "); retrying"));
+        Log("", absl::StrCat("LeaseJob failed (", GrpcError(g), "); retrying"));
         lease_failing = true;
       }
       // A restarted coordinator may have forgotten this worker; it answers
@@ -326,24 +334,7 @@ void Agent::SendHeartbeat() {
   if (!registered && !draining_.load()) {
     // One attempt only: the lease loop owns the retrying, and this thread
     // must stay responsive to stop requests.
-    absl::MutexLock reg(&register_mu_);
-    v1::RegisterWorkerRequest req;
-    req.set_worker_id(options_.worker_id);
-    req.set_device(options_.device);
-    req.set_memory_bytes(options_.memory_bytes);
-    req.set_gpu_count(options_.gpu_count);
-    req.set_version(ROUNDHOUSE_VERSION);
-    v1::RegisterWorkerResponse resp;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
-    if (stub_->RegisterWorker(&ctx, req, &resp).ok()) {
-      absl::MutexLock lock(&mu_);
-      registered_ = true;
-      if (resp.heartbeat_interval_seconds() > 0) {
-        heartbeat_interval_ = absl::Seconds(resp.heartbeat_interval_seconds());
-      }
-      Log("", "re-registered with the coordinator");
-    }
+    RegisterOnce().IgnoreError();
   }
 
   v1::HeartbeatRequest req;
@@ -491,8 +482,7 @@ void Agent::RetryReport(const std::string& job_id, const char* method,
                                "); giving up, the lease will expire"));
       return;
     }
-    Log(job_id, absl::StrCat(method, " failed (", GrpcError(g),
-                             "); retrying"));
+    Log(job_id, absl::StrCat(method, " failed (", GrpcError(g), "); retrying"));
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, options_.backoff_max);
   }
@@ -500,8 +490,7 @@ void Agent::RetryReport(const std::string& job_id, const char* method,
 
 void Agent::ReportFailure(const v1::LeaseRef& ref,
                           v1::FailureClass failure_class,
-                          const std::string& message,
-                          int64_t peak_memory_bytes,
+                          const std::string& message, int64_t peak_memory_bytes,
                           const v1::Progress& progress) {
   v1::FailJobRequest req;
   *req.mutable_lease() = ref;
@@ -509,9 +498,9 @@ void Agent::ReportFailure(const v1::LeaseRef& ref,
   req.mutable_error()->set_message(message);
   req.mutable_error()->set_peak_memory_bytes(peak_memory_bytes);
   *req.mutable_progress() = progress;
-  Log(ref.job_id(), absl::StrCat("FailJob ",
-                                 v1::FailureClass_Name(failure_class), ": ",
-                                 message));
+  Log(ref.job_id(),
+      absl::StrCat("FailJob ", v1::FailureClass_Name(failure_class), ": ",
+                   message));
   RetryReport(ref.job_id(), "FailJob", [&](grpc::ClientContext* ctx) {
     v1::Ack ack;
     return stub_->FailJob(ctx, req, &ack);
@@ -579,8 +568,7 @@ void Agent::RunJob(const v1::Lease& lease) {
     finish("internal");
     return;
   }
-  const std::string job_dir =
-      JoinPath(JoinPath(options_.work_dir, "jobs"), id);
+  const std::string job_dir = JoinPath(JoinPath(options_.work_dir, "jobs"), id);
   const std::string spec_path = JoinPath(job_dir, "spec.json");
   const std::string checkpoint_dir = JoinPath(job_dir, "checkpoint");
   const std::string out_dir = JoinPath(options_.artifact_root, id);
@@ -611,12 +599,18 @@ void Agent::RunJob(const v1::Lease& lease) {
     return;
   }
 
-  std::vector<std::string> argv = {options_.engine_binary, "quantize",
-                                   "--model", lease.model_path(),
-                                   "--spec", spec_path,
-                                   "--out", out_dir,
-                                   "--checkpoint-dir", checkpoint_dir,
-                                   "--device", options_.device};
+  std::vector<std::string> argv = {options_.engine_binary,
+                                   "quantize",
+                                   "--model",
+                                   lease.model_path(),
+                                   "--spec",
+                                   spec_path,
+                                   "--out",
+                                   out_dir,
+                                   "--checkpoint-dir",
+                                   checkpoint_dir,
+                                   "--device",
+                                   options_.device};
   if (lease.low_memory()) argv.push_back("--low-memory");
   if (options_.threads > 0) {
     argv.push_back("--threads");
@@ -625,18 +619,17 @@ void Agent::RunJob(const v1::Lease& lease) {
   absl::StatusOr<std::unique_ptr<ChildProcess>> spawned =
       ChildProcess::Spawn(argv);
   if (!spawned.ok()) {
-    ReportFailure(job.ref, v1::FAILURE_CLASS_INTERNAL,
-                  absl::StrCat("cannot start the engine: ",
-                               spawned.status().message()),
-                  0, job.tracker.Snapshot());
+    ReportFailure(
+        job.ref, v1::FAILURE_CLASS_INTERNAL,
+        absl::StrCat("cannot start the engine: ", spawned.status().message()),
+        0, job.tracker.Snapshot());
     finish("internal");
     return;
   }
   std::unique_ptr<ChildProcess> child = std::move(*spawned);
   Log(id, absl::StrCat("engine started, pid ", child->pid()));
-  std::thread reader([this, fd = child->stdout_fd(), &job] {
-    ReaderLoop(fd, &job);
-  });
+  std::thread reader(
+      [this, fd = child->stdout_fd(), &job] { ReaderLoop(fd, &job); });
 
   bool term_sent = false, kill_sent = false, cancel_seen = false;
   bool drain_forwarded = false;
@@ -690,8 +683,8 @@ void Agent::RunJob(const v1::Lease& lease) {
   auto remove_job_dir = [&] {
     if (!options_.remove_finished_job_dirs) return;
     absl::Status s = RemoveTree(job_dir);
-    if (!s.ok()) Log(id, absl::StrCat("cannot remove ", job_dir, ": ",
-                                      s.message()));
+    if (!s.ok())
+      Log(id, absl::StrCat("cannot remove ", job_dir, ": ", s.message()));
   };
 
   if (job.abandon.load()) {
@@ -700,10 +693,10 @@ void Agent::RunJob(const v1::Lease& lease) {
     return;
   }
   if (job.cancel.load()) {
-    ReportFailure(job.ref, v1::FAILURE_CLASS_CANCELLED,
-                  absl::StrCat("cancelled; engine ended with ",
-                               exit.Describe()),
-                  0, progress);
+    ReportFailure(
+        job.ref, v1::FAILURE_CLASS_CANCELLED,
+        absl::StrCat("cancelled; engine ended with ", exit.Describe()), 0,
+        progress);
     remove_job_dir();
     finish("cancelled");
     return;
@@ -751,7 +744,8 @@ void Agent::RunJob(const v1::Lease& lease) {
       } else {
         v1::JobError quality;
         quality.set_failure_class(v1::FAILURE_CLASS_QUALITY_GATE);
-        quality.set_message(error_message("the evaluation quality gate failed"));
+        quality.set_message(
+            error_message("the evaluation quality gate failed"));
         ReportComplete(job.ref, *manifest, &quality, progress);
         finish("failed_quality");
       }

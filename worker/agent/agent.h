@@ -113,6 +113,8 @@ class Agent {
   // Registers unless already registered; retries until success or drain.
   // Returns false when a drain stopped it first.
   bool EnsureRegistered();
+  // One RegisterWorker call unless already registered. Thread-safe.
+  absl::Status RegisterOnce();
   bool SleepUnlessDraining(absl::Duration d);
   void RunJob(const roundhouse::v1::Lease& lease);
   void HeartbeatLoop();
@@ -146,6 +148,7 @@ class Agent {
   ActiveJob* active_ ABSL_GUARDED_BY(mu_) = nullptr;
 
   absl::Mutex register_mu_;  // serialises RegisterWorker calls
+  bool ever_registered_ ABSL_GUARDED_BY(register_mu_) = false;
 };
 
 // Physical RAM in bytes (sysconf); 0 if unknown.

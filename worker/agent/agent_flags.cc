@@ -103,8 +103,8 @@ absl::StatusOr<AgentFlags> ParseAgentFlags(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     if (arg.substr(0, 2) != "--" || arg.size() == 2) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unexpected argument '", arg, "' (flags start with --)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unexpected argument '", arg, "' (flags start with --)"));
     }
     arg.remove_prefix(2);
     std::string name(arg), value;
@@ -140,8 +140,8 @@ absl::StatusOr<AgentFlags> ParseAgentFlags(int argc, char** argv) {
   if (o.work_dir.empty()) return Bad("work-dir", "is required");
   if (o.artifact_root.empty()) return Bad("artifact-root", "is required");
   if (o.device != "cpu" && o.device != "cuda") {
-    return Bad("device", absl::StrCat("must be cpu or cuda, got '", o.device,
-                                      "'"));
+    return Bad("device",
+               absl::StrCat("must be cpu or cuda, got '", o.device, "'"));
   }
   if (flags.coordinator.empty()) return Bad("coordinator", "must not be empty");
   o.coordinator = flags.coordinator;

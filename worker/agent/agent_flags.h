@@ -14,9 +14,9 @@
 namespace roundhouse::agent {
 
 struct AgentFlags {
-  AgentOptions options;          // worker_id/memory_bytes may still be unset
+  AgentOptions options;  // worker_id/memory_bytes may still be unset
   std::string coordinator = "127.0.0.1:7600";
-  std::string metrics_listen;    // "" = no metrics endpoint
+  std::string metrics_listen;  // "" = no metrics endpoint
   bool help = false;
 };
 

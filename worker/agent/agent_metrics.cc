@@ -36,8 +36,8 @@ namespace roundhouse::agent {
 
 namespace {
 constexpr const char* kOutcomes[] = {
-    "succeeded",     "failed_quality", "invalid_spec", "out_of_memory",
-    "preempted",     "internal",       "cancelled",    "abandoned"};
+    "succeeded", "failed_quality", "invalid_spec", "out_of_memory",
+    "preempted", "internal",       "cancelled",    "abandoned"};
 constexpr const char* kMethods[] = {"register", "lease", "heartbeat",
                                     "complete", "fail"};
 }  // namespace
@@ -76,8 +76,9 @@ AgentMetrics::AgentMetrics() : impl_(std::make_unique<Impl>()) {
   auto& r = *impl_->registry;
   impl_->progress = &prometheus::BuildGauge()
                          .Name("roundhouse_worker_job_progress_ratio")
-                         .Help("Progress of the job running on this worker, "
-                               "0..1 (0 when idle).")
+                         .Help(
+                             "Progress of the job running on this worker, "
+                             "0..1 (0 when idle).")
                          .Register(r)
                          .Add({});
   impl_->running = &prometheus::BuildGauge()
@@ -96,8 +97,7 @@ AgentMetrics::AgentMetrics() : impl_(std::make_unique<Impl>()) {
            .Help("Tuning time of one block as reported by the engine.")
            .Register(r)
            .Add({}, prometheus::Histogram::BucketBoundaries{
-                        0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800,
-                        3600});
+                        0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600});
   impl_->oom = &prometheus::BuildCounter()
                     .Name("roundhouse_cuda_oom_total")
                     .Help("Jobs of this worker that ran out of GPU memory.")
@@ -105,16 +105,18 @@ AgentMetrics::AgentMetrics() : impl_(std::make_unique<Impl>()) {
                     .Add({});
   auto& finished = prometheus::BuildCounter()
                        .Name("roundhouse_worker_jobs_finished_total")
-                       .Help("Job attempts finished on this worker, by "
-                             "outcome.")
+                       .Help(
+                           "Job attempts finished on this worker, by "
+                           "outcome.")
                        .Register(r);
   for (const char* o : kOutcomes) {
     impl_->outcomes[o] = &finished.Add({{"outcome", o}});
   }
   auto& failures = prometheus::BuildCounter()
                        .Name("roundhouse_worker_rpc_failures_total")
-                       .Help("Failed calls from this worker to the "
-                             "coordinator, by method.")
+                       .Help(
+                           "Failed calls from this worker to the "
+                           "coordinator, by method.")
                        .Register(r);
   for (const char* m : kMethods) {
     impl_->rpc_failures[m] = &failures.Add({{"method", m}});
@@ -189,9 +191,8 @@ absl::Status AgentMetrics::StartExposer(const std::string& listen) {
   }
   freeaddrinfo(res);
   if (fd < 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on '", listen,
-                     "' (--metrics-listen): ", error));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot serve metrics on '", listen, "' (--metrics-listen): ", error));
   }
   impl_->listen_fd = fd;
   impl_->server = std::thread([impl = impl_.get()] { impl->Serve(); });
@@ -219,9 +220,9 @@ void AgentMetrics::Impl::Serve() {
     std::string status = "404 Not Found", body = "not found; try /metrics\n";
     const bool get = request.rfind("GET ", 0) == 0;
     const size_t path_end = request.find(' ', 4);
-    const std::string path =
-        get && path_end != std::string::npos ? request.substr(4, path_end - 4)
-                                             : "";
+    const std::string path = get && path_end != std::string::npos
+                                 ? request.substr(4, path_end - 4)
+                                 : "";
     if (path == "/metrics" || path.rfind("/metrics?", 0) == 0) {
       status = "200 OK";
       body = Text();

@@ -7,8 +7,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -55,15 +55,15 @@ class FakeCoordinator final : public v1::WorkerService::Service {
                         v1::LeaseJobResponse* resp) override {
     absl::MutexLock lock(&mu_);
     ++lease_calls_;
-    if (forgotten_) {
-      // What the real coordinator answers a worker it does not know.
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          "worker is not registered: call RegisterWorker");
-    }
     const absl::Time until =
         absl::Now() + absl::Seconds(std::min(req->wait_seconds(), 0.2));
     while (queue_.empty() && absl::Now() < until) {
       cv_.WaitWithDeadline(&mu_, until);
+    }
+    if (forgotten_) {
+      // What the real coordinator answers a worker it does not know.
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "worker is not registered: call RegisterWorker");
     }
     if (!queue_.empty()) {
       *resp->mutable_lease() = queue_.front();
@@ -71,8 +71,7 @@ class FakeCoordinator final : public v1::WorkerService::Service {
     }
     return grpc::Status::OK;
   }
-  grpc::Status Heartbeat(grpc::ServerContext*,
-                         const v1::HeartbeatRequest* req,
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
                          v1::HeartbeatResponse* resp) override {
     absl::MutexLock lock(&mu_);
     heartbeats_.push_back(*req);
@@ -262,8 +261,8 @@ class AgentTest : public ::testing::Test {
 
   std::unique_ptr<Agent> MakeAgent(const AgentOptions& o,
                                    AgentMetrics* metrics = nullptr) {
-    auto channel = grpc::CreateChannel(o.coordinator,
-                                       grpc::InsecureChannelCredentials());
+    auto channel =
+        grpc::CreateChannel(o.coordinator, grpc::InsecureChannelCredentials());
     return std::make_unique<Agent>(o, v1::WorkerService::NewStub(channel),
                                    metrics);
   }
@@ -375,11 +374,11 @@ TEST_F(AgentTest, SuccessReportsManifestProgressAndCleansUp) {
   auto argv = ReadFile(JoinPath(dir_, "argv"));
   ASSERT_TRUE(argv.ok());
   const std::string job_dir = JoinPath(dir_, "work/jobs/job-ok");
-  EXPECT_EQ(absl::StripAsciiWhitespace(*argv),
-            absl::StrCat("quantize --model ", JoinPath(dir_, "model"),
-                         " --spec ", job_dir, "/spec.json --out ", out,
-                         " --checkpoint-dir ", job_dir,
-                         "/checkpoint --device cpu --low-memory"));
+  EXPECT_EQ(
+      absl::StripAsciiWhitespace(*argv),
+      absl::StrCat("quantize --model ", JoinPath(dir_, "model"), " --spec ",
+                   job_dir, "/spec.json --out ", out, " --checkpoint-dir ",
+                   job_dir, "/checkpoint --device cpu --low-memory"));
   // Spec JSON keeps the proto field names (snake_case).
   auto spec = ReadFile(JoinPath(dir_, "spec_copy.json"));
   ASSERT_TRUE(spec.ok());
@@ -393,9 +392,10 @@ TEST_F(AgentTest, SuccessReportsManifestProgressAndCleansUp) {
 #ifdef ROUNDHOUSE_ENABLE_METRICS
   EXPECT_NE(text.find("roundhouse_blocks_completed_total 2"), std::string::npos)
       << text;
-  EXPECT_NE(text.find(
-                R"(roundhouse_worker_jobs_finished_total{outcome="succeeded"} 1)"),
-            std::string::npos)
+  EXPECT_NE(
+      text.find(
+          R"(roundhouse_worker_jobs_finished_total{outcome="succeeded"} 1)"),
+      std::string::npos)
       << text;
   EXPECT_NE(text.find("roundhouse_block_tune_duration_seconds_count 2"),
             std::string::npos);
@@ -483,8 +483,9 @@ INSTANTIATE_TEST_SUITE_P(
                  "\"message\":\"bad tensor\"}'\nexit 1\n",
                  v1::FAILURE_CLASS_INTERNAL,
                  "engine exited with code 1: bad tensor", 0},
-        ExitCase{"crash", "echo '{\"event\":\"stage\",\"stage\":\"tuning\"}'\n"
-                          "kill -9 $$\n",
+        ExitCase{"crash",
+                 "echo '{\"event\":\"stage\",\"stage\":\"tuning\"}'\n"
+                 "kill -9 $$\n",
                  v1::FAILURE_CLASS_INTERNAL,
                  "engine exited with signal 9 (Killed)", 0}),
     [](const ::testing::TestParamInfo<ExitCase>& info) {
@@ -500,10 +501,10 @@ TEST_F(AgentTest, SuccessWithoutArtifactIsInternalNamingTheDirectory) {
 }
 
 TEST_F(AgentTest, QualityGateFailureCompletesWithQualityFailure) {
-  const std::string engine = WriteEngine(absl::StrCat(
-      kTwoBlocks, kWriteArtifact,
-      "echo '{\"event\":\"error\",\"class\":\"quality_gate\","
-      "\"message\":\"cosine 0.81 < 0.95\"}'\nexit 5\n"));
+  const std::string engine = WriteEngine(
+      absl::StrCat(kTwoBlocks, kWriteArtifact,
+                   "echo '{\"event\":\"error\",\"class\":\"quality_gate\","
+                   "\"message\":\"cosine 0.81 < 0.95\"}'\nexit 5\n"));
   RunOnce(Options(engine), MakeLease("job-q"));
   auto completes = server_->service.completes();
   ASSERT_EQ(completes.size(), 1u);
@@ -541,9 +542,9 @@ echo $! > "$TESTDIR/sleep.pid.tmp"
 mv "$TESTDIR/sleep.pid.tmp" "$TESTDIR/sleep.pid"
 wait $!
 )");
-  const absl::Duration took = RunWithActionWhenReady(
-      Options(engine), MakeLease("job-k"), "sleep.pid",
-      v1::LEASE_ACTION_CANCEL);
+  const absl::Duration took =
+      RunWithActionWhenReady(Options(engine), MakeLease("job-k"), "sleep.pid",
+                             v1::LEASE_ACTION_CANCEL);
   v1::FailJobRequest f = SingleFail();
   EXPECT_EQ(f.error().failure_class(), v1::FAILURE_CLASS_CANCELLED);
   EXPECT_NE(f.error().message().find("signal 9"), std::string::npos)
@@ -557,7 +558,8 @@ wait $!
   int pid = 0;
   ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(*sleep_pid), &pid));
   // The whole process group goes, not just the engine.
-  for (int i = 0; i < 100 && ProcessAlive(pid); ++i) absl::SleepFor(absl::Milliseconds(10));
+  for (int i = 0; i < 100 && ProcessAlive(pid); ++i)
+    absl::SleepFor(absl::Milliseconds(10));
   EXPECT_FALSE(ProcessAlive(pid));
 }
 
@@ -752,16 +754,16 @@ wait $!
   const int metrics_port = FreePort();
   const std::string log = JoinPath(dir_, "agent.log");
   const std::string wrapper = JoinPath(dir_, "agent.sh");
-  ASSERT_TRUE(WriteFileAtomically(
-                  wrapper,
-                  absl::StrCat("#!/bin/sh\nexec '", ROUNDHOUSE_AGENT_HARNESS,
-                               "' agent --coordinator ", server_->address(),
-                               " --worker-id proc-worker --work-dir '", dir_,
-                               "/work' --artifact-root '", dir_,
-                               "/artifacts' --engine-binary '", engine,
-                               "' --metrics-listen 127.0.0.1:", metrics_port,
-                               " --lease-wait-seconds 0.2 2> '", log, "'\n"))
-                  .ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(
+          wrapper, absl::StrCat("#!/bin/sh\nexec '", ROUNDHOUSE_AGENT_HARNESS,
+                                "' agent --coordinator ", server_->address(),
+                                " --worker-id proc-worker --work-dir '", dir_,
+                                "/work' --artifact-root '", dir_,
+                                "/artifacts' --engine-binary '", engine,
+                                "' --metrics-listen 127.0.0.1:", metrics_port,
+                                " --lease-wait-seconds 0.2 2> '", log, "'\n"))
+          .ok());
   auto agent = ChildProcess::Spawn({"/bin/sh", wrapper});
   ASSERT_TRUE(agent.ok()) << agent.status();
   const std::string ready = JoinPath(dir_, "ready");
@@ -772,7 +774,8 @@ wait $!
   std::string scrape;
   for (int i = 0; i < 200; ++i) {
     scrape = HttpGet(metrics_port, "/metrics");
-    if (scrape.find("roundhouse_blocks_completed_total 1") != std::string::npos) {
+    if (scrape.find("roundhouse_blocks_completed_total 1") !=
+        std::string::npos) {
       break;
     }
     absl::SleepFor(absl::Milliseconds(25));
@@ -795,9 +798,10 @@ wait $!
     ASSERT_NE(body, std::string::npos);
     const std::string file = JoinPath(dir_, "scrape.txt");
     ASSERT_TRUE(WriteFileAtomically(file, scrape.substr(body + 4)).ok());
-    EXPECT_EQ(system(absl::StrCat("/usr/bin/promtool check metrics < '", file,
-                                  "'").c_str()),
-              0);
+    EXPECT_EQ(
+        system(absl::StrCat("/usr/bin/promtool check metrics < '", file, "'")
+                   .c_str()),
+        0);
   }
   EXPECT_NE(HttpGet(metrics_port, "/other").find("404"), std::string::npos);
 #endif
@@ -843,18 +847,26 @@ std::vector<char*> Argv(std::vector<std::string>& args) {
 }
 
 TEST(AgentFlagsTest, ParsesEveryFlagInBothForms) {
-  std::vector<std::string> args = {
-      "agent",          "--coordinator=10.0.0.1:7600",
-      "--worker-id",    "w1",
-      "--work-dir",     "/w",
-      "--artifact-root=/a",
-      "--device",       "cuda",
-      "--memory-bytes", "1024",
-      "--metrics-listen=127.0.0.1:9700",
-      "--engine-binary", "/bin/engine",
-      "--cancel-grace-seconds", "2.5",
-      "--once",         "--threads=4",
-      "--lease-wait-seconds", "1"};
+  std::vector<std::string> args = {"agent",
+                                   "--coordinator=10.0.0.1:7600",
+                                   "--worker-id",
+                                   "w1",
+                                   "--work-dir",
+                                   "/w",
+                                   "--artifact-root=/a",
+                                   "--device",
+                                   "cuda",
+                                   "--memory-bytes",
+                                   "1024",
+                                   "--metrics-listen=127.0.0.1:9700",
+                                   "--engine-binary",
+                                   "/bin/engine",
+                                   "--cancel-grace-seconds",
+                                   "2.5",
+                                   "--once",
+                                   "--threads=4",
+                                   "--lease-wait-seconds",
+                                   "1"};
   auto argv = Argv(args);
   auto f = ParseAgentFlags(static_cast<int>(argv.size()), argv.data());
   ASSERT_TRUE(f.ok()) << f.status();

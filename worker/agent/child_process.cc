@@ -29,7 +29,8 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
   // async-signal-safe calls are allowed (the agent is multi-threaded).
   std::vector<char*> c_argv;
   c_argv.reserve(argv.size() + 1);
-  for (const std::string& a : argv) c_argv.push_back(const_cast<char*>(a.c_str()));
+  for (const std::string& a : argv)
+    c_argv.push_back(const_cast<char*>(a.c_str()));
   c_argv.push_back(nullptr);
 
   int pipe_fds[2];
@@ -40,7 +41,8 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
   if (devnull < 0) {
     close(pipe_fds[0]);
     close(pipe_fds[1]);
-    return absl::InternalError(absl::StrCat("open /dev/null: ", strerror(errno)));
+    return absl::InternalError(
+        absl::StrCat("open /dev/null: ", strerror(errno)));
   }
   const pid_t parent = getpid();
   const pid_t pid = fork();

@@ -18,9 +18,9 @@ namespace roundhouse::agent {
 
 // How a child ended.
 struct ChildExit {
-  bool signaled = false;  // true: killed by `signal_number`
-  int exit_code = 0;      // valid when !signaled
-  int signal_number = 0;  // valid when signaled
+  bool signaled = false;         // true: killed by `signal_number`
+  int exit_code = 0;             // valid when !signaled
+  int signal_number = 0;         // valid when signaled
   std::string Describe() const;  // "exit code 3" / "signal 9 (Killed)"
 };
 

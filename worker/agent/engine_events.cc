@@ -44,7 +44,8 @@ absl::StatusOr<EngineEvent> ParseEngineEvent(absl::string_view line) {
   json j = json::parse(line.begin(), line.end(), nullptr,
                        /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
-    return absl::InvalidArgumentError("engine output line is not a JSON object");
+    return absl::InvalidArgumentError(
+        "engine output line is not a JSON object");
   }
   EngineEvent event;
   std::string name;
@@ -103,7 +104,8 @@ void ProgressTracker::Apply(const EngineEvent& event) {
           std::max(progress_.blocks_done(), event.resumed_blocks));
       break;
     case EngineEvent::Kind::kBlock: {
-      if (event.blocks_total > 0) progress_.set_blocks_total(event.blocks_total);
+      if (event.blocks_total > 0)
+        progress_.set_blocks_total(event.blocks_total);
       progress_.set_blocks_done(
           std::max(progress_.blocks_done(), event.block_index + 1));
       roundhouse::v1::BlockProgress* block = progress_.add_blocks();
@@ -175,8 +177,8 @@ namespace {
 absl::Status AddListedFile(const std::string& path, const json& entry,
                            roundhouse::v1::ArtifactManifest* out) {
   if (!entry.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("manifest.json files entry '", path, "' is not an object"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "manifest.json files entry '", path, "' is not an object"));
   }
   roundhouse::v1::ArtifactFile* f = out->add_files();
   f->set_path(path);
@@ -220,8 +222,8 @@ absl::Status AddHashedFile(const std::string& dir, const std::string& rel,
 absl::StatusOr<roundhouse::v1::ArtifactManifest> BuildArtifactManifest(
     const std::string& artifact_dir, const json& event_manifest) {
   if (artifact_dir.empty() || !IsDirectory(artifact_dir)) {
-    return absl::NotFoundError(absl::StrCat(
-        "artifact directory '", artifact_dir, "' does not exist"));
+    return absl::NotFoundError(
+        absl::StrCat("artifact directory '", artifact_dir, "' does not exist"));
   }
   roundhouse::v1::ArtifactManifest out;
   out.set_directory(artifact_dir);

@@ -21,18 +21,18 @@ namespace roundhouse::agent {
 struct EngineEvent {
   enum class Kind { kStage, kPlan, kBlock, kDone, kError, kOther };
   Kind kind = Kind::kOther;
-  std::string stage;                 // kStage
-  int32_t blocks_total = 0;          // kPlan, kBlock
-  int32_t resumed_blocks = 0;        // kPlan
-  int32_t block_index = -1;          // kBlock
-  double loss_before = 0;            // kBlock
-  double loss_after = 0;             // kBlock
-  double seconds = 0;                // kBlock: tuning time of the block
-  std::string artifact_dir;          // kDone
-  nlohmann::json manifest;           // kDone: the manifest object
-  std::string error_class;           // kError: "invalid_spec", ...
-  std::string error_message;         // kError
-  int64_t peak_memory_bytes = 0;     // kError
+  std::string stage;              // kStage
+  int32_t blocks_total = 0;       // kPlan, kBlock
+  int32_t resumed_blocks = 0;     // kPlan
+  int32_t block_index = -1;       // kBlock
+  double loss_before = 0;         // kBlock
+  double loss_after = 0;          // kBlock
+  double seconds = 0;             // kBlock: tuning time of the block
+  std::string artifact_dir;       // kDone
+  nlohmann::json manifest;        // kDone: the manifest object
+  std::string error_class;        // kError: "invalid_spec", ...
+  std::string error_message;      // kError
+  int64_t peak_memory_bytes = 0;  // kError
 };
 
 // Decodes one stdout line. Unknown `event` values give Kind::kOther (newer
@@ -58,7 +58,7 @@ class ProgressTracker {
   roundhouse::v1::Progress Snapshot() const;
 
   bool has_done() const;
-  EngineEvent done_event() const;   // valid when has_done()
+  EngineEvent done_event() const;  // valid when has_done()
   bool has_error() const;
   EngineEvent error_event() const;  // the last error event, when has_error()
 

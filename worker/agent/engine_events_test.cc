@@ -17,8 +17,8 @@ TEST(ParseEngineEventTest, DecodesEveryKnownEvent) {
   EXPECT_EQ(stage->kind, EngineEvent::Kind::kStage);
   EXPECT_EQ(stage->stage, "tuning");
 
-  auto plan =
-      ParseEngineEvent(R"({"event":"plan","blocks_total":8,"resumed_blocks":3})");
+  auto plan = ParseEngineEvent(
+      R"({"event":"plan","blocks_total":8,"resumed_blocks":3})");
   ASSERT_TRUE(plan.ok());
   EXPECT_EQ(plan->blocks_total, 8);
   EXPECT_EQ(plan->resumed_blocks, 3);
