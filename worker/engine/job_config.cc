@@ -132,13 +132,15 @@ absl::Status CheckGroup(int g, const std::string& path) {
              absl::StrCat("must be one of 32, 64, 128, -1 (got ", g, ")"));
 }
 
-absl::Status ParseScheme(const json& in, JobConfig* c) {
+absl::Status ParseScheme(const json& in, JobConfig* c,
+                         std::set<std::string>* given) {
   static const std::set<std::string> kKnown = {
       "bits", "group_size", "sym", "iters", "nsamples", "seqlen",
       "batch_size", "gradient_accumulate_steps", "lr", "minmax_lr", "seed",
       "enable_minmax_tuning", "enable_quanted_input", "not_use_best_mse",
       "compute_dtype", "deterministic"};
   ASSIGN_OR_RETURN(json s, Normalize(in, "scheme", kKnown));
+  for (auto it = s.begin(); it != s.end(); ++it) given->insert(it.key());
   TuningConfig& t = c->tune;
   for (auto it = s.begin(); it != s.end(); ++it) {
     const std::string& k = it.key();
@@ -269,11 +271,14 @@ absl::StatusOr<std::vector<std::string>> ParseStringList(
   return out;
 }
 
-absl::Status ParseCalibration(const json& in, JobConfig* c) {
+absl::Status ParseCalibration(const json& in, JobConfig* c,
+                              std::set<std::string>* given) {
   static const std::set<std::string> kKnown = {
       "path", "format", "field", "selection", "stratify_column",
-      "template", "allow_fewer_samples", "drop_short"};
+      "template", "allow_fewer_samples", "drop_short", "preset",
+      "query_prefix"};
   ASSIGN_OR_RETURN(json s, Normalize(in, "calibration", kKnown));
+  for (auto it = s.begin(); it != s.end(); ++it) given->insert(it.key());
   CalibrationConfig& cal = c->calibration;
   for (auto it = s.begin(); it != s.end(); ++it) {
     const std::string& k = it.key();
@@ -307,6 +312,14 @@ absl::Status ParseCalibration(const json& in, JobConfig* c) {
       cal.selection = str;
     } else if (k == "stratify_column") {
       cal.stratify_column = str;
+    } else if (k == "query_prefix") {
+      cal.query_prefix = str;
+    } else if (k == "preset") {
+      if (!str.empty() && str != "colpali_train_set") {
+        return Bad(p, absl::StrCat("must be \"colpali_train_set\" or empty "
+                                   "(got ", Describe(v), ")"));
+      }
+      cal.preset = str;
     } else if (k == "template") {
       if (str.empty()) str = "raw";
       if (str != "raw" && str != "colqwen3_query" && str != "pack") {
@@ -317,11 +330,22 @@ absl::Status ParseCalibration(const json& in, JobConfig* c) {
       cal.templ = str;
     }
   }
-  if (cal.selection == "stratified" && cal.stratify_column.empty()) {
-    return Bad("calibration.stratify_column",
-               "required when calibration.selection is \"stratified\"");
-  }
   return absl::OkStatus();
+}
+
+// calibration.preset "colpali_train_set" (the ColQwen3 plan, models.md §3):
+// fills every field the spec did not set explicitly.
+void ApplyPreset(const std::set<std::string>& scheme_given,
+                 const std::set<std::string>& cal_given, JobConfig* c) {
+  CalibrationConfig& cal = c->calibration;
+  if (cal.preset != "colpali_train_set") return;
+  if (!cal_given.count("field")) cal.field = "query";
+  if (!cal_given.count("selection")) cal.selection = "stratified";
+  if (!cal_given.count("stratify_column")) cal.stratify_column = "source";
+  if (!cal_given.count("template")) cal.templ = "colqwen3_query";
+  if (!scheme_given.count("nsamples")) c->nsamples = 256;
+  if (!scheme_given.count("seqlen")) c->seqlen = 512;
+  if (!scheme_given.count("seed")) c->tune.seed = 42;
 }
 
 absl::Status ParseEvaluation(const json& in, JobConfig* c) {
@@ -366,7 +390,10 @@ absl::StatusOr<JobConfig> ParseJobConfig(const json& spec) {
   ASSIGN_OR_RETURN(json s, Normalize(spec, "", kKnown));
   JobConfig c;
   c.raw = spec;
-  if (s.contains("scheme")) RETURN_IF_ERROR(ParseScheme(s["scheme"], &c));
+  std::set<std::string> scheme_given, cal_given;
+  if (s.contains("scheme")) {
+    RETURN_IF_ERROR(ParseScheme(s["scheme"], &c, &scheme_given));
+  }
   if (s.contains("layer_config")) {
     RETURN_IF_ERROR(ParseLayerConfig(s["layer_config"], &c));
   }
@@ -375,7 +402,13 @@ absl::StatusOr<JobConfig> ParseJobConfig(const json& spec) {
                      ParseStringList(s["ignore_layers"], "ignore_layers"));
   }
   if (s.contains("calibration")) {
-    RETURN_IF_ERROR(ParseCalibration(s["calibration"], &c));
+    RETURN_IF_ERROR(ParseCalibration(s["calibration"], &c, &cal_given));
+  }
+  ApplyPreset(scheme_given, cal_given, &c);
+  if (c.calibration.selection == "stratified" &&
+      c.calibration.stratify_column.empty()) {
+    return Bad("calibration.stratify_column",
+               "required when calibration.selection is \"stratified\"");
   }
   if (c.calibration.path.empty()) {
     return Bad("calibration.path",
@@ -485,7 +518,8 @@ json ResolvedSpecJson(const JobConfig& c) {
                       {"stratify_column", cal.stratify_column},
                       {"template", cal.templ},
                       {"allow_fewer_samples", cal.allow_fewer_samples},
-                      {"drop_short", cal.drop_short}};
+                      {"drop_short", cal.drop_short},
+                      {"query_prefix", cal.query_prefix}};
   j["export_formats"] = c.export_formats;
   j["evaluation"] = {
       {"enabled", c.evaluation.enabled},

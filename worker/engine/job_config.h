@@ -53,6 +53,12 @@ struct CalibrationConfig {
   std::string templ = "raw";  // "raw", "colqwen3_query", "pack"
   bool allow_fewer_samples = false;
   bool drop_short = false;
+  // "" or "colpali_train_set": field "query", stratified by "source",
+  // colqwen3_query template, and (unless set in scheme) nsamples 256,
+  // seqlen 512, seed 42. Explicit fields win. Already applied by
+  // ParseJobConfig.
+  std::string preset;
+  std::string query_prefix;  // colqwen3_query template only
 };
 
 // evaluation.* (EvaluationSpec).

@@ -91,6 +91,21 @@ TEST(JobConfigTest, FullSpecAsTheAgentWritesIt) {
   EXPECT_TRUE(c->evaluation.eval_samples_set);
 }
 
+TEST(JobConfigTest, ColpaliPresetFillsUnsetFields) {
+  auto c = ParseJobConfigText(
+      R"({"scheme": {"seqlen": 128}, "calibration": {"path": "q.jsonl",
+          "preset": "colpali_train_set", "query_prefix": "Query: "}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->calibration.field, "query");
+  EXPECT_EQ(c->calibration.selection, "stratified");
+  EXPECT_EQ(c->calibration.stratify_column, "source");
+  EXPECT_EQ(c->calibration.templ, "colqwen3_query");
+  EXPECT_EQ(c->calibration.query_prefix, "Query: ");
+  EXPECT_EQ(c->nsamples, 256);
+  EXPECT_EQ(c->seqlen, 128);  // explicit wins
+  EXPECT_EQ(c->tune.seed, 42);
+}
+
 TEST(JobConfigTest, CamelCaseKeysAreAccepted) {
   auto c = ParseJobConfigText(
       R"({"scheme": {"groupSize": 64}, "calibration": {"path": "c",
@@ -177,6 +192,8 @@ INSTANTIATE_TEST_SUITE_P(
                 "calibration.template:"},
         BadCase{R"({"calibration": {"path": "c", "drop_short": 1}})",
                 "calibration.drop_short:"},
+        BadCase{R"({"calibration": {"path": "c", "preset": "pile"}})",
+                "calibration.preset:"},
         BadCase{R"({"calibration": {"path": "c", "color": 1}})",
                 "calibration.color: unknown field"},
         BadCase{R"({"export_formats": ["gguf"], )" CAL "}",

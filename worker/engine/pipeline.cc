@@ -152,6 +152,7 @@ calibration::CalibrationOptions CalibrationFor(const QuantizeRequest& req,
   o.selection = c.calibration.selection;
   o.stratify_column = c.calibration.stratify_column;
   o.templ = c.calibration.templ;
+  o.query_prefix = c.calibration.query_prefix;
   o.nsamples = nsamples;
   o.seqlen = c.seqlen;
   o.seed = static_cast<uint64_t>(static_cast<uint32_t>(c.tune.seed));
