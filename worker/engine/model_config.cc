@@ -278,14 +278,6 @@ absl::StatusOr<ModelFamily> ParseModelFamily(std::string_view name) {
       "\" (expected llama, qwen2, qwen3, qwen3_vl or colqwen3)"));
 }
 
-const std::vector<std::string>& BlockLinearSuffixes() {
-  static const auto* kSuffixes = new std::vector<std::string>{
-      "self_attn.q_proj", "self_attn.k_proj",  "self_attn.v_proj",
-      "self_attn.o_proj", "mlp.gate_proj",     "mlp.up_proj",
-      "mlp.down_proj"};
-  return *kSuffixes;
-}
-
 std::string ModelLayout::BlockName(int i) const {
   return absl::StrCat(block_prefix, ".", i);
 }

@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
+#include "worker/engine/decoder_block.h"  // BlockLinearSuffixes()
 #include "worker/engine/safetensors.h"
 
 namespace roundhouse::engine {
@@ -69,16 +70,14 @@ struct ModelLayout {
   int embed_dim = 0;          // ColQwen3 projection dim, 0 otherwise
   std::string vision_prefix;  // e.g. "vlm.model.visual." ("" when none)
 
-  // The 7 Linear weights of block `block` in a fixed order: self_attn.q_proj,
+  // The 7 Linear weights of block `block` in the order of
+  // BlockLinearSuffixes() (decoder_block.h): self_attn.q_proj,
   // k_proj, v_proj, o_proj, mlp.gate_proj, up_proj, down_proj, as module
   // names without ".weight", e.g. "model.layers.3.self_attn.q_proj".
   std::vector<std::string> BlockLinearNames(int block) const;
   // "<block_prefix>.<i>".
   std::string BlockName(int i) const;
 };
-
-// The 7 Linear suffixes in the order of BlockLinearNames.
-const std::vector<std::string>& BlockLinearSuffixes();
 
 // Reads and parses <model_dir>/config.json; the error names the file.
 absl::StatusOr<nlohmann::json> ReadConfigJson(const std::string& model_dir);
