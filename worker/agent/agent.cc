@@ -210,6 +210,12 @@ absl::Status Agent::RegisterOnce() {
     heartbeat_interval_ = resp.heartbeat_interval_seconds() > 0
                               ? absl::Seconds(resp.heartbeat_interval_seconds())
                               : options_.default_heartbeat_interval;
+    // Whatever the coordinator suggests, leave room for two lost
+    // heartbeats before the lease expires.
+    if (resp.lease_timeout_seconds() > 0) {
+      heartbeat_interval_ = std::min(
+          heartbeat_interval_, absl::Seconds(resp.lease_timeout_seconds()) / 3);
+    }
     cv_.SignalAll();
   }
   if (!ever_registered_) {
@@ -419,6 +425,9 @@ void Agent::ReaderLoop(int fd, ActiveJob* job) {
       if (metrics_ != nullptr) metrics_->BlockCompleted(ev->seconds);
     } else if (ev->kind == EngineEvent::Kind::kStage) {
       Log(job->ref.job_id(), absl::StrCat("stage ", ev->stage));
+    } else if (ev->kind == EngineEvent::Kind::kOther) {
+      // e.g. {"event":"checkpoint","action":"resume",...}: worth a log line.
+      Log(job->ref.job_id(), absl::StrCat("engine: ", line.substr(0, 300)));
     } else if (ev->kind == EngineEvent::Kind::kError) {
       Log(job->ref.job_id(), absl::StrCat("engine error (", ev->error_class,
                                           "): ", ev->error_message));

@@ -62,7 +62,9 @@ struct AgentOptions {
   absl::Duration lease_wait = absl::Seconds(5);
   // Deadline of every unary call (added to lease_wait for LeaseJob).
   absl::Duration rpc_timeout = absl::Seconds(10);
-  // Used when RegisterWorker returns heartbeat_interval_seconds <= 0.
+  // Used when RegisterWorker returns heartbeat_interval_seconds <= 0. The
+  // interval is capped at a third of the lease timeout the coordinator
+  // returns.
   absl::Duration default_heartbeat_interval = absl::Seconds(5);
   // Minimum gap between heartbeats; block events trigger an early one.
   absl::Duration min_heartbeat_gap = absl::Milliseconds(500);

@@ -47,8 +47,8 @@ class FakeCoordinator final : public v1::WorkerService::Service {
     absl::MutexLock lock(&mu_);
     registrations_.push_back(*req);
     forgotten_ = false;
-    resp->set_heartbeat_interval_seconds(0.2);
-    resp->set_lease_timeout_seconds(5);
+    resp->set_heartbeat_interval_seconds(heartbeat_interval_seconds_);
+    resp->set_lease_timeout_seconds(lease_timeout_seconds_);
     return grpc::Status::OK;
   }
   grpc::Status LeaseJob(grpc::ServerContext*, const v1::LeaseJobRequest* req,
@@ -113,6 +113,12 @@ class FakeCoordinator final : public v1::WorkerService::Service {
     absl::MutexLock lock(&mu_);
     actions_[job_id] = a;
   }
+  void SetTimings(double heartbeat_interval_seconds,
+                  double lease_timeout_seconds) {
+    absl::MutexLock lock(&mu_);
+    heartbeat_interval_seconds_ = heartbeat_interval_seconds;
+    lease_timeout_seconds_ = lease_timeout_seconds;
+  }
   // Drops all registrations, like a coordinator restarted without them.
   void ForgetWorkers() {
     absl::MutexLock lock(&mu_);
@@ -157,6 +163,8 @@ class FakeCoordinator final : public v1::WorkerService::Service {
   std::vector<v1::CompleteJobRequest> completes_;
   std::vector<v1::FailJobRequest> fails_;
   int lease_calls_ = 0;
+  double heartbeat_interval_seconds_ = 0.2;
+  double lease_timeout_seconds_ = 5;
   bool forgotten_ = false;
   int report_failures_left_ = 0;
   grpc::Status report_status_ = grpc::Status::OK;
@@ -649,6 +657,18 @@ TEST_F(AgentTest, ReRegistersWhenTheCoordinatorForgotTheWorker) {
   runner.join();
   EXPECT_EQ(server_->service.registrations(), 2);
   ASSERT_EQ(server_->service.completes().size(), 1u);
+}
+
+TEST_F(AgentTest, HeartbeatIntervalLeavesRoomBeforeTheLeaseExpires) {
+  // A 30 s interval with a 0.6 s lease would lose every lease; the agent
+  // heartbeats at least every 0.2 s instead.
+  server_->service.SetTimings(30, 0.6);
+  RunOnce(Options(WriteEngine("sleep 1\nexit 1\n")), MakeLease("job-t"));
+  int with_lease = 0;
+  for (const auto& hb : server_->service.heartbeats()) {
+    with_lease += hb.leases_size();
+  }
+  EXPECT_GE(with_lease, 3);  // uncapped: at most 2 (lease start, stage)
 }
 
 TEST_F(AgentTest, StaleEpochRefusalIsLoggedAndTheAgentMovesOn) {
