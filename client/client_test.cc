@@ -272,9 +272,21 @@ class FakeJobService final : public v1::JobService::Service {
   grpc::Status WatchJob(grpc::ServerContext*, const v1::WatchJobRequest* req,
                         grpc::ServerWriter<v1::JobEvent>* writer) override {
     std::vector<v1::JobEvent> events;
+    bool break_stream = false;
     {
       absl::MutexLock lock(&mu_);
       events = watch_events_;
+      if (broken_watches_ > 0) {
+        --broken_watches_;
+        break_stream = true;
+      }
+    }
+    if (break_stream) {
+      // Like a coordinator going away mid-stream: one event, then an error.
+      v1::JobEvent e = events.at(1);
+      e.mutable_job()->set_job_id(req->job_id());
+      writer->Write(e);
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server restarting");
     }
     for (v1::JobEvent e : events) {
       e.mutable_job()->set_job_id(req->job_id());
@@ -339,6 +351,13 @@ class FakeJobService final : public v1::JobService::Service {
   std::vector<v1::ListJobsRequest> lists_;
   std::vector<v1::JobEvent> watch_events_;
   grpc::Status submit_error_ = grpc::Status::OK;
+  int broken_watches_ = 0;
+
+ public:
+  void BreakNextWatches(int n) {
+    absl::MutexLock lock(&mu_);
+    broken_watches_ = n;
+  }
 };
 
 class CliTest : public ::testing::Test {
@@ -522,6 +541,15 @@ TEST_F(CliTest, WatchOnATerminalRedrawsOneLine) {
   EXPECT_NE(out.find("\njob job-7 SUCCEEDED: artifact /srv/a/job-42\n"),
             std::string::npos)
       << out;
+}
+
+TEST_F(CliTest, WatchReconnectsAfterTheStreamBreaks) {
+  service_.SetWatchOutcome(v1::JOB_STATE_SUCCEEDED);
+  service_.BreakNextWatches(1);
+  EXPECT_EQ(Run({"watch", "job-7"}), 0) << err_.str();
+  EXPECT_NE(err_.str().find("reconnecting"), std::string::npos);
+  EXPECT_NE(out_.str().find("SUCCEEDED: artifact /srv/a/job-42"),
+            std::string::npos);
 }
 
 TEST_F(CliTest, GetInspectCancelAndNotFound) {
