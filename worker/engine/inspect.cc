@@ -1,6 +1,6 @@
 #include "worker/engine/inspect.h"
 
-#include <cstdio>
+#include <algorithm>
 #include <map>
 #include <tuple>
 
@@ -241,19 +241,24 @@ std::string FormatInspectReport(const nlohmann::json& r) {
   auto get = [](const json& j, const char* k) -> json {
     return j.is_object() && j.contains(k) ? j.at(k) : json();
   };
+  // Strings without JSON quotes, everything else as JSON.
+  auto str = [&](const json& j, const char* k) -> std::string {
+    json v = get(j, k);
+    return v.is_string() ? v.get<std::string>() : v.dump();
+  };
   const json cfg = get(r, "config");
-  absl::StrAppend(&s, "Model:    ", get(r, "model_dir").dump(), "\n");
-  absl::StrAppend(&s, "Family:   ", get(r, "family").dump(),
-                  " (model_type ", get(r, "model_type").dump(), ")\n");
+  absl::StrAppend(&s, "Model:    ", str(r, "model_dir"), "\n");
+  absl::StrAppend(&s, "Family:   ", str(r, "family"), " (model_type ",
+                  str(r, "model_type"), ")\n");
   absl::StrAppend(
       &s, "Text:     hidden ", get(cfg, "hidden_size").dump(), ", layers ",
       get(cfg, "num_layers").dump(), ", heads ", get(cfg, "num_heads").dump(),
       "/", get(cfg, "num_kv_heads").dump(), " x ", get(cfg, "head_dim").dump(),
       ", intermediate ", get(cfg, "intermediate_size").dump(), ", vocab ",
-      get(cfg, "vocab_size").dump(), ", dtype ", get(cfg, "torch_dtype").dump(),
+      get(cfg, "vocab_size").dump(), ", dtype ", str(cfg, "torch_dtype"),
       ", tied ", get(cfg, "tie_word_embeddings").dump(), "\n");
   const json pre = get(r, "prefixes");
-  absl::StrAppend(&s, "Blocks:   ", get(pre, "blocks").dump(), ".<i>\n\n");
+  absl::StrAppend(&s, "Blocks:   ", str(pre, "blocks"), ".<i>\n\n");
 
   absl::StrAppend(&s, absl::StrFormat("%-24s %14s %8s %14s\n", "component",
                                       "params", "share", "bytes"));
@@ -274,8 +279,14 @@ std::string FormatInspectReport(const nlohmann::json& r) {
                           HumanBytes(r.value("total_bytes", 0.0))));
 
   // One line per Linear kind and decision: blocks are usually uniform.
-  std::map<std::tuple<std::string, std::string, bool, std::string>, int>
+  std::map<std::tuple<int, std::string, std::string, bool, std::string>,
+           int>
       groups;
+  auto rank = [](const std::string& suffix) {
+    const auto& all = BlockLinearSuffixes();
+    return static_cast<int>(std::find(all.begin(), all.end(), suffix) -
+                            all.begin());
+  };
   const json lin = get(r, "linears");
   if (lin.is_array()) {
     for (const json& l : lin) {
@@ -289,14 +300,15 @@ std::string FormatInspectReport(const nlohmann::json& r) {
         auto dot = name.find('.', block_prefix.size() + 1);
         if (dot != std::string::npos) suffix = name.substr(dot + 1);
       }
-      groups[{suffix, get(l, "shape").dump(), l.value("quantizable", false),
-              l.value("reason", "")}]++;
+      groups[{rank(suffix), suffix, get(l, "shape").dump(),
+              l.value("quantizable", false), l.value("reason", "")}]++;
     }
   }
   absl::StrAppend(&s, absl::StrFormat("%-20s %-14s %7s  %s\n", "linear",
                                       "shape [out,in]", "blocks", "decision"));
   for (const auto& [key, count] : groups) {
-    const auto& [suffix, shape, q, reason] = key;
+    const auto& [order, suffix, shape, q, reason] = key;
+    (void)order;
     absl::StrAppend(&s, absl::StrFormat(
                             "%-20s %-14s %7d  %s\n", suffix, shape, count,
                             q ? std::string("quantize")
