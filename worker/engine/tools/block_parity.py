@@ -22,6 +22,7 @@ Usage (needs torch + transformers + safetensors):
       --gtest_filter='DecoderBlockTest.ParityWithTransformers'
 """
 
+import copy
 import json
 import sys
 
@@ -107,13 +108,14 @@ def main():
         hidden = torch.randn(2, 12, cfg.hidden_size)
         mask = torch.ones(2, 12, dtype=torch.long)
         mask[1, :3] = 0  # left padding
+        # Save the fp32 weights before the bf16 copy is made: a bf16 round
+        # trip would change them.
+        for name, p in layer.named_parameters():
+            tensors[f"{kind}.weights.{name}"] = p.detach().clone().contiguous()
         with torch.no_grad():
             out32 = run_layer(layer, rotary, hidden, mask)
-            out16 = run_layer(layer.to(torch.bfloat16), rotary,
+            out16 = run_layer(copy.deepcopy(layer).to(torch.bfloat16), rotary,
                               hidden.to(torch.bfloat16), mask)
-        layer = layer.float()
-        for name, p in layer.named_parameters():
-            tensors[f"{kind}.weights.{name}"] = p.detach().float().contiguous()
         tensors[f"{kind}.hidden"] = hidden.contiguous()
         tensors[f"{kind}.mask"] = mask.contiguous()
         tensors[f"{kind}.out_fp32"] = out32.float().contiguous()
