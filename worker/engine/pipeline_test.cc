@@ -466,7 +466,7 @@ TEST(StoriesFixtureTest, AutoRoundBeatsRoundToNearestOnPerplexity) {
     p.fp = *ppl_fp;
     p.rtn = run(absl::StrCat(cfg.scheme, R"(, "iters": 0)"),
                 absl::StrCat(cfg.name, "_rtn"));
-    p.autoround = run(absl::StrCat(cfg.scheme, R"(, "iters": 150)"),
+    p.autoround = run(absl::StrCat(cfg.scheme, R"(, "iters": 100)"),
                       absl::StrCat(cfg.name, "_ar"));
     std::cout << "[stories260K " << cfg.name << "] perplexity fp32 " << p.fp
               << "  RTN " << p.rtn << "  AutoRound " << p.autoround << "\n";
