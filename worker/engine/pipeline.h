@@ -55,7 +55,9 @@ namespace roundhouse::engine {
 struct QuantizeRequest {
   std::string model_dir;
   std::string out_dir;
-  std::string checkpoint_dir;  // "" = no checkpoints, no resume
+  // "" = no checkpoints, no resume. Left in place after success (the
+  // caller removes it once the artifact is safely recorded).
+  std::string checkpoint_dir;
   JobConfig config;
   std::string device = "cpu";  // "cpu" or "cuda"
   // Keep the activation chains on the CPU between blocks and run the FP
