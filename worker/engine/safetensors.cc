@@ -334,7 +334,9 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
   }
   const std::string index_path = JoinPath(dir, kIndexFile);
   const std::string single_path = JoinPath(dir, kSingleFile);
-  if (PathExists(index_path)) {
+  // transformers looks for the single file first; so do we, so that both
+  // read the same tensors from a directory holding both.
+  if (!PathExists(single_path) && PathExists(index_path)) {
     ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
     nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
     if (j.is_discarded() || !j.is_object()) {
@@ -624,6 +626,12 @@ absl::Status SafetensorsWriter::Finish() {
     index["weight_map"] = weight_map;
     RETURN_IF_ERROR(WriteFileAtomically(index_path, index.dump(2) + "\n"));
     files_.push_back(kIndexFile);
+    // A stale single file would shadow the index (readers prefer it).
+    const std::string single_path = JoinPath(dir_, kSingleFile);
+    if (PathExists(single_path) && ::unlink(single_path.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat(
+          "cannot remove stale ", single_path, ": ", std::strerror(errno)));
+    }
   } else if (PathExists(index_path)) {
     // A stale index would make readers ignore the file just written.
     if (::unlink(index_path.c_str()) != 0) {

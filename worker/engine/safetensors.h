@@ -97,7 +97,8 @@ class SafetensorsFile {
   nlohmann::json metadata_ = nlohmann::json::object();
 };
 
-// A checkpoint directory: `model.safetensors`, or the shards listed in
+// A checkpoint directory: `model.safetensors`, or (when that is absent, the
+// precedence transformers uses) the shards listed in
 // `model.safetensors.index.json` ({"weight_map": {tensor: shard file}}).
 // Every referenced shard is opened and cross-checked against the index: a
 // missing shard or a tensor absent from its shard is an error naming both;
@@ -150,7 +151,9 @@ class Checkpoint {
 // spaces to a multiple of 8 bytes. A tensor larger than max_shard_bytes gets
 // a shard of its own. Every file is written completely and fsynced under a
 // temporary name and renamed in Finish, so readers never see a partial
-// file; files already present under the final names are replaced.
+// file; files already present under the final names are replaced, and a
+// stale model.safetensors / index that would shadow or contradict the new
+// output is removed.
 class SafetensorsWriter {
  public:
   explicit SafetensorsWriter(std::string dir,

@@ -368,6 +368,16 @@ TEST(SafetensorsTest, SingleFileRewriteRemovesStaleIndex) {
   auto c = Checkpoint::Open(dir);
   ASSERT_TRUE(c.ok());
   EXPECT_THAT((*c)->TensorNames(), ::testing::ElementsAre("c"));
+  EXPECT_FALSE(PathExists(JoinPath(dir, "model.safetensors.index.json")));
+  // And back to sharded: the single file must not shadow the index.
+  SafetensorsWriter w2(dir, 8);
+  ASSERT_TRUE(w2.Add("d", torch::ones({2})).ok());
+  ASSERT_TRUE(w2.Add("e", torch::ones({2})).ok());
+  ASSERT_TRUE(w2.Finish().ok());
+  EXPECT_FALSE(PathExists(JoinPath(dir, "model.safetensors")));
+  c = Checkpoint::Open(dir);
+  ASSERT_TRUE(c.ok());
+  EXPECT_THAT((*c)->TensorNames(), ::testing::ElementsAre("d", "e"));
 }
 
 }  // namespace
