@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -137,9 +138,11 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
         absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
   }
   Sha256 h;
-  static thread_local char buf[1 << 20];
+  // Heap, not thread_local: 1 MiB of TLS breaks threads with small stacks.
+  std::vector<char> buffer(1 << 20);
+  char* buf = buffer.data();
   while (true) {
-    ssize_t n = ::read(fd, buf, sizeof(buf));
+    ssize_t n = ::read(fd, buf, buffer.size());
     if (n < 0) {
       if (errno == EINTR) continue;
       ::close(fd);

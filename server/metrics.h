@@ -78,7 +78,9 @@ class CoordinatorMetrics : public CoordinatorListener,
 
   mutable absl::Mutex mu_;  // guards the source and the gauge refresh
   std::function<CoordinatorStats()> source_ ABSL_GUARDED_BY(mu_);
-  mutable std::vector<int> known_priorities_ ABSL_GUARDED_BY(mu_);
+  // Starts with the default priority (50) so the queue-depth series exists
+  // from the first scrape, even when every job is leased at once.
+  mutable std::vector<int> known_priorities_ ABSL_GUARDED_BY(mu_) = {50};
 };
 
 }  // namespace roundhouse::server

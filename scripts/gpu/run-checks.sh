@@ -18,6 +18,15 @@ echo "== parity against transformers"
 python3 worker/engine/tools/block_parity.py /tmp/parity.safetensors >"$OUT/parity_py.log" 2>&1 || tail -20 "$OUT/parity_py.log"
 RH_PARITY_FILE=/tmp/parity.safetensors build-gpu/worker/engine/engine_test \
   --gtest_filter='DecoderBlock*' 2>&1 | tee "$OUT/parity.log" | tail -15
+echo "== engine unit tests (CUDA libtorch build)"
+timeout 300 build-gpu/worker/engine/engine_test --gtest_brief=1 >"$OUT/engine_test.log" 2>&1
+echo "engine_test rc=$?"; grep -E "^\[  (FAILED|PASSED) |tests ran" "$OUT/engine_test.log" | head -20
+if ! grep -q "PASSED" "$OUT/engine_test.log"; then
+  echo "== backtrace of the first crashing test"
+  first=$(grep -m1 -oE '^\[ RUN      \] [A-Za-z0-9_./]+' "$OUT/engine_test.log" | tail -1 | awk '{print $4}')
+  timeout 200 cuda-gdb -batch -ex run -ex bt --args build-gpu/worker/engine/engine_test \
+    --gtest_filter="*Pipeline*" 2>&1 | tail -40 | tee "$OUT/gdb.log"
+fi
 W=build-gpu/worker/roundhouse-worker
 bench() {  # name samples seqlen batch sym
   local name=$1 n=$2 L=$3 bs=$4 sym=$5

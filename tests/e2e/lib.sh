@@ -60,6 +60,8 @@ rh_start_coordinator() {
   mport=${RH_METRICS_PORT:-$(rh_free_port)}; RH_METRICS_PORT=$mport
   COORD_ADDR=127.0.0.1:$port
   METRICS_ADDR=127.0.0.1:$mport
+  # A restart must wait for its own "listening" line, not the last run's.
+  [ -f "$RH_TMP/$name.log" ] && mv "$RH_TMP/$name.log" "$RH_TMP/$name.log.$(date +%s%N)"
   "$COORD_BIN" --listen "$COORD_ADDR" --metrics-listen "$METRICS_ADDR" \
     --db "${RH_DB:-$RH_TMP/coordinator.db}" --model-root "$RH_TMP/models" "$@" \
     >>"$RH_TMP/$name.log" 2>&1 &
