@@ -27,19 +27,18 @@ absl::Status CheckTensor(const BlockWeights& weights, const std::string& name,
   }
   const torch::Tensor& t = it->second;
   if (t.sizes() != c10::IntArrayRef(shape)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("block weight ", name, " has shape ",
-                     ShapeString(t.sizes()), ", expected ",
-                     ShapeString(shape)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "block weight ", name, " has shape ", ShapeString(t.sizes()),
+        ", expected ", ShapeString(shape)));
   }
   if (!t.is_floating_point()) {
     return absl::InvalidArgumentError(
         absl::StrCat("block weight ", name, " is not floating point"));
   }
   if (t.device() != device) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "block weight ", name, " is on ", t.device().str(),
-        " but input_layernorm.weight is on ", device.str()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("block weight ", name, " is on ", t.device().str(),
+                     " but input_layernorm.weight is on ", device.str()));
   }
   return absl::OkStatus();
 }
@@ -170,19 +169,16 @@ torch::Tensor PositionIdsFromMask(const torch::Tensor& attention_mask) {
 std::pair<torch::Tensor, torch::Tensor> RopeCosSin(
     const torch::Tensor& positions, int head_dim, double theta,
     c10::ScalarType dtype) {
-  auto f32 = torch::TensorOptions()
-                 .dtype(torch::kFloat32)
-                 .device(positions.device());
-  torch::Tensor exponent =
-      torch::arange(0, head_dim, 2,
-                    torch::TensorOptions()
-                        .dtype(torch::kInt64)
-                        .device(positions.device()))
-          .to(torch::kFloat32) /
-      static_cast<double>(head_dim);
+  auto f32 =
+      torch::TensorOptions().dtype(torch::kFloat32).device(positions.device());
+  torch::Tensor exponent = torch::arange(0, head_dim, 2,
+                                         torch::TensorOptions()
+                                             .dtype(torch::kInt64)
+                                             .device(positions.device()))
+                               .to(torch::kFloat32) /
+                           static_cast<double>(head_dim);
   torch::Tensor inv_freq =
-      torch::reciprocal(torch::pow(torch::scalar_tensor(theta, f32),
-                                   exponent));
+      torch::reciprocal(torch::pow(torch::scalar_tensor(theta, f32), exponent));
   torch::Tensor freqs =
       positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq;  // [B,T,D/2]
   torch::Tensor emb = torch::cat({freqs, freqs}, -1);
@@ -194,8 +190,7 @@ torch::Tensor DecoderBlockForward(
     const torch::Tensor& hidden, const torch::Tensor& attention_mask,
     const std::map<std::string, torch::Tensor>* linear_override) {
   TORCH_CHECK(hidden.dim() == 3 && hidden.size(2) == c.hidden_size,
-              "DecoderBlockForward: hidden must be [B,T,", c.hidden_size,
-              "]");
+              "DecoderBlockForward: hidden must be [B,T,", c.hidden_size, "]");
   TORCH_CHECK(attention_mask.dim() == 2 &&
                   attention_mask.size(0) == hidden.size(0) &&
                   attention_mask.size(1) == hidden.size(1),
@@ -231,10 +226,12 @@ torch::Tensor DecoderBlockForward(
 
   if (nkv != nh) {  // repeat_kv: query head j uses kv head j / (nH/nKV)
     const int64_t rep = nh / nkv;
-    k = k.unsqueeze(2).expand({batch, nkv, rep, seq, d}).reshape(
-        {batch, nh, seq, d});
-    v = v.unsqueeze(2).expand({batch, nkv, rep, seq, d}).reshape(
-        {batch, nh, seq, d});
+    k = k.unsqueeze(2)
+            .expand({batch, nkv, rep, seq, d})
+            .reshape({batch, nh, seq, d});
+    v = v.unsqueeze(2)
+            .expand({batch, nkv, rep, seq, d})
+            .reshape({batch, nh, seq, d});
   }
 
   torch::Tensor scores =
@@ -244,26 +241,24 @@ torch::Tensor DecoderBlockForward(
       torch::TensorOptions().dtype(torch::kBool).device(hidden.device());
   torch::Tensor causal = torch::ones({seq, seq}, bool_opts).tril();
   torch::Tensor allowed =
-      causal.view({1, 1, seq, seq}) &
-      (mask != 0).view({batch, 1, 1, seq});
+      causal.view({1, 1, seq, seq}) & (mask != 0).view({batch, 1, 1, seq});
   // finfo(dtype).min, as in the eager path's additive mask: fully masked
   // rows stay finite (uniform weights) instead of NaN.
   scores = scores.masked_fill(allowed.logical_not(), LowestValue(dtype));
-  torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat32).to(
-      q.scalar_type());
-  torch::Tensor attn = torch::matmul(probs, v)
-                           .transpose(1, 2)
-                           .reshape({batch, seq, nh * d});
+  torch::Tensor probs =
+      torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
+  torch::Tensor attn =
+      torch::matmul(probs, v).transpose(1, 2).reshape({batch, seq, nh * d});
   attn = Linear(weights, linear_override, "self_attn.o_proj", attn);
   torch::Tensor x = hidden + attn;
 
   // --- MLP (SwiGLU) ---
-  torch::Tensor h2 = RmsNorm(x, weights.at("post_attention_layernorm.weight"),
-                             c.rms_norm_eps);
+  torch::Tensor h2 =
+      RmsNorm(x, weights.at("post_attention_layernorm.weight"), c.rms_norm_eps);
   torch::Tensor gate = Linear(weights, linear_override, "mlp.gate_proj", h2);
   torch::Tensor up = Linear(weights, linear_override, "mlp.up_proj", h2);
-  torch::Tensor mlp = Linear(weights, linear_override, "mlp.down_proj",
-                             torch::silu(gate) * up);
+  torch::Tensor mlp =
+      Linear(weights, linear_override, "mlp.down_proj", torch::silu(gate) * up);
   return x + mlp;
 }
 

@@ -10,12 +10,13 @@
 // mutated concurrently. Generic in device and dtype (fp32 / bf16 / fp16):
 // every op runs on the device of `hidden`.
 
+#include <torch/torch.h>
+
 #include <map>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
-#include <torch/torch.h>
 
 namespace roundhouse::engine {
 

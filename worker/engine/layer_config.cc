@@ -15,8 +15,8 @@ absl::Status CheckBits(int bits, const std::string& where) {
   if (bits == 2 || bits == 3 || bits == 4 || bits == 8 || bits == 16) {
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      where, "bits must be one of 2, 3, 4, 8, 16; got ", bits));
+  return absl::InvalidArgumentError(
+      absl::StrCat(where, "bits must be one of 2, 3, 4, 8, 16; got ", bits));
 }
 
 absl::Status CheckGroupSize(int group_size, const std::string& where) {
@@ -49,9 +49,9 @@ absl::StatusOr<CompiledPattern> Compile(const std::string& pattern,
     try {
       c.regex = std::regex(pattern, std::regex::ECMAScript);
     } catch (const std::regex_error& e) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, " pattern \"", pattern, "\" is not a valid regular expression: ",
-          e.what()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " pattern \"", pattern,
+                       "\" is not a valid regular expression: ", e.what()));
     }
   }
   return c;
@@ -76,8 +76,8 @@ absl::StatusOr<std::vector<ResolvedLayer>> ResolveLayerConfig(
   std::set<std::string> names;
   for (const auto& [name, shape] : linear_shapes) {
     if (shape.size() != 2 || shape[0] <= 0 || shape[1] <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "layer ", name, " does not have a 2-D [out, in] shape"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer ", name, " does not have a 2-D [out, in] shape"));
     }
     names.insert(name);
   }
@@ -90,8 +90,8 @@ absl::StatusOr<std::vector<ResolvedLayer>> ResolveLayerConfig(
   }
   std::vector<CompiledPattern> compiled;
   for (const LayerRule& r : rules) {
-    const std::string where = absl::StrCat("layer_config[\"", r.pattern,
-                                           "\"]: ");
+    const std::string where =
+        absl::StrCat("layer_config[\"", r.pattern, "\"]: ");
     if (r.bits.has_value()) {
       if (auto s = CheckBits(*r.bits, where); !s.ok()) return s;
     }
@@ -163,8 +163,7 @@ absl::StatusOr<std::vector<ResolvedLayer>> ResolveLayerConfig(
       if (group_from_rule) {
         return absl::InvalidArgumentError(absl::StrCat(
             "layer ", name, ": group_size ", g, " (from layer_config[\"",
-            rules[chosen].pattern, "\"]) does not divide in_features ",
-            cols));
+            rules[chosen].pattern, "\"]) does not divide in_features ", cols));
       }
       layer.params.bits = 16;
       layer.reason = "group size does not divide in";

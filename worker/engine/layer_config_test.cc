@@ -77,8 +77,7 @@ TEST(LayerConfigTest, RulesExactRegexAndIgnore) {
 
 TEST(LayerConfigTest, BadRegexNamesPattern) {
   auto r = ResolveLayerConfig(StoriesLike(), {4, 32, true},
-                              {{"q_proj[", 4, std::nullopt, std::nullopt}},
-                              {});
+                              {{"q_proj[", 4, std::nullopt, std::nullopt}}, {});
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(Message(r).find("q_proj["), std::string::npos) << Message(r);
@@ -86,8 +85,7 @@ TEST(LayerConfigTest, BadRegexNamesPattern) {
 
 TEST(LayerConfigTest, UnmatchedPatternNamesPattern) {
   auto r = ResolveLayerConfig(StoriesLike(), {4, 32, true},
-                              {{"lm_head", 8, std::nullopt, std::nullopt}},
-                              {});
+                              {{"lm_head", 8, std::nullopt, std::nullopt}}, {});
   ASSERT_FALSE(r.ok());
   EXPECT_NE(Message(r).find("lm_head"), std::string::npos) << Message(r);
   auto ig = ResolveLayerConfig(StoriesLike(), {4, 32, true}, {}, {"vision"});
@@ -97,8 +95,7 @@ TEST(LayerConfigTest, UnmatchedPatternNamesPattern) {
 
 TEST(LayerConfigTest, BadBitsAndGroupNameTheField) {
   auto r = ResolveLayerConfig(StoriesLike(), {4, 32, true},
-                              {{"q_proj", -1, std::nullopt, std::nullopt}},
-                              {});
+                              {{"q_proj", -1, std::nullopt, std::nullopt}}, {});
   ASSERT_FALSE(r.ok());
   EXPECT_NE(Message(r).find("bits"), std::string::npos) << Message(r);
   EXPECT_NE(Message(r).find("q_proj"), std::string::npos) << Message(r);
@@ -112,8 +109,7 @@ TEST(LayerConfigTest, BadBitsAndGroupNameTheField) {
 
 TEST(LayerConfigTest, RuleGroupNotDividingNamesLayer) {
   auto r = ResolveLayerConfig(StoriesLike(), {4, 32, true},
-                              {{"o_proj", std::nullopt, 64, std::nullopt}},
-                              {});
+                              {{"o_proj", std::nullopt, 64, std::nullopt}}, {});
   ASSERT_FALSE(r.ok());
   EXPECT_NE(Message(r).find("model.layers.1.self_attn.o_proj"),
             std::string::npos)

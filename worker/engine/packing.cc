@@ -44,7 +44,8 @@ torch::Tensor PackDim0(const torch::Tensor& values, int bits) {
     for (int64_t c = 0; c < m; ++c) {
       const uint64_t u = static_cast<uint64_t>(in[c]) & mask;
       row[c] |= static_cast<uint32_t>(u << shift);
-      if (shift + bits > 32) next[c] |= static_cast<uint32_t>(u >> (32 - shift));
+      if (shift + bits > 32)
+        next[c] |= static_cast<uint32_t>(u >> (32 - shift));
     }
   }
   torch::Tensor t = torch::empty({words, m}, torch::kInt32);
@@ -56,7 +57,8 @@ torch::Tensor PackDim0(const torch::Tensor& values, int bits) {
 torch::Tensor UnpackDim0(const torch::Tensor& packed, int bits, int64_t n) {
   torch::Tensor p = packed.contiguous().cpu();
   const int64_t m = p.size(1);
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(p.data_ptr<int32_t>());
+  const uint32_t* src =
+      reinterpret_cast<const uint32_t*>(p.data_ptr<int32_t>());
   torch::Tensor t = torch::empty({n, m}, torch::kInt64);
   int64_t* dst = t.data_ptr<int64_t>();
   const uint64_t mask = (uint64_t{1} << bits) - 1;
@@ -67,7 +69,8 @@ torch::Tensor UnpackDim0(const torch::Tensor& packed, int bits, int64_t n) {
     const uint32_t* next = src + (w + 1) * m;
     for (int64_t c = 0; c < m; ++c) {
       uint64_t u = static_cast<uint64_t>(row[c]) >> shift;
-      if (shift + bits > 32) u |= static_cast<uint64_t>(next[c]) << (32 - shift);
+      if (shift + bits > 32)
+        u |= static_cast<uint64_t>(next[c]) << (32 - shift);
       dst[j * m + c] = static_cast<int64_t>(u & mask);
     }
   }
@@ -101,7 +104,8 @@ torch::Tensor UnpackAwq(const torch::Tensor& packed) {
   torch::Tensor p = packed.contiguous().cpu();
   const int64_t r = p.size(0), words = p.size(1);
   torch::Tensor t = torch::empty({r, words * 8}, torch::kInt64);
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(p.data_ptr<int32_t>());
+  const uint32_t* src =
+      reinterpret_cast<const uint32_t*>(p.data_ptr<int32_t>());
   int64_t* dst = t.data_ptr<int64_t>();
   for (int64_t i = 0; i < r; ++i) {
     for (int64_t w = 0; w < words; ++w) {
@@ -117,9 +121,11 @@ torch::Tensor UnpackAwq(const torch::Tensor& packed) {
 // Divisibility needed to pack `n` values of `bits` along one dimension.
 absl::Status CheckPackable(const char* what, int64_t n, int bits) {
   if (bits == 3 ? n % 32 != 0 : (n * bits) % 32 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " = ", n, " cannot be packed at ", bits, " bits (needs a "
-        "multiple of ", bits == 3 ? 32 : 32 / bits, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " = ", n, " cannot be packed at ", bits,
+                     " bits (needs a "
+                     "multiple of ",
+                     bits == 3 ? 32 : 32 / bits, ")"));
   }
   return absl::OkStatus();
 }
@@ -130,18 +136,18 @@ absl::Status CheckLayout(Packing packing, const QuantParams& params,
   if (IsAwq(packing)) {
     if (params.bits != 4) {
       return absl::InvalidArgumentError(absl::StrCat(
-          std::string(PackingName(packing)), " packing supports bits=4 only, got bits=",
-          params.bits));
+          std::string(PackingName(packing)),
+          " packing supports bits=4 only, got bits=", params.bits));
     }
     if (l.in % l.group != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
-          std::string(PackingName(packing)), " packing needs in_features (", l.in,
-          ") divisible by the group size (", l.group, ")"));
+          std::string(PackingName(packing)), " packing needs in_features (",
+          l.in, ") divisible by the group size (", l.group, ")"));
     }
     if (l.out % 8 != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
-          std::string(PackingName(packing)), " packing needs out_features (", l.out,
-          ") divisible by 8"));
+          std::string(PackingName(packing)), " packing needs out_features (",
+          l.out, ") divisible by 8"));
     }
     return absl::OkStatus();
   }
@@ -162,16 +168,15 @@ absl::StatusOr<torch::Tensor> Get(
   }
   const torch::Tensor& t = it->second;
   if (t.scalar_type() != dtype) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "packed tensor ", name, " has dtype ",
-        std::string(c10::toString(t.scalar_type())), ", expected ",
-        std::string(c10::toString(dtype))));
+    return absl::InvalidArgumentError(
+        absl::StrCat("packed tensor ", name, " has dtype ",
+                     std::string(c10::toString(t.scalar_type())), ", expected ",
+                     std::string(c10::toString(dtype))));
   }
   if (t.sizes() != c10::IntArrayRef(shape)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("packed tensor ", name, " has shape ",
-                     ShapeString(t.sizes()), ", expected ",
-                     ShapeString(shape)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "packed tensor ", name, " has shape ", ShapeString(t.sizes()),
+        ", expected ", ShapeString(shape)));
   }
   return t;
 }
@@ -233,17 +238,16 @@ absl::StatusOr<PackedLinear> PackLinear(
   }
   if (bias.has_value() && bias->defined() &&
       (bias->dim() != 1 || bias->size(0) != l.out)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("bias must be [", l.out, "], got ",
-                     ShapeString(bias->sizes())));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "bias must be [", l.out, "], got ", ShapeString(bias->sizes())));
   }
 
   PackedLinear out;
   out.tensors["scales"] =
       qdq.scale.to(torch::kFloat16).cpu().t().contiguous();  // [ng, out]
   if (IsAwq(packing)) {
-    out.tensors["qweight"] = PackAwq(codes.t());          // [in, out/8]
-    out.tensors["qzeros"] = PackAwq(zeros.t());           // [ng, out/8]
+    out.tensors["qweight"] = PackAwq(codes.t());  // [in, out/8]
+    out.tensors["qzeros"] = PackAwq(zeros.t());   // [ng, out/8]
   } else {
     out.tensors["qweight"] = PackDim0(codes.t(), params.bits);
     if (ZerosMinusOne(packing)) {
@@ -284,11 +288,10 @@ absl::StatusOr<torch::Tensor> DequantizePacked(
     codes = UnpackAwq(*qw).t();
     zeros = UnpackAwq(*qz).t();
   } else {
-    auto qw = Get(tensors, "qweight", torch::kInt32,
-                  {l.in * b / 32, l.out});
+    auto qw = Get(tensors, "qweight", torch::kInt32, {l.in * b / 32, l.out});
     if (!qw.ok()) return qw.status();
-    auto qz = Get(tensors, "qzeros", torch::kInt32,
-                  {l.ngroups, l.out * b / 32});
+    auto qz =
+        Get(tensors, "qzeros", torch::kInt32, {l.ngroups, l.out * b / 32});
     if (!qz.ok()) return qz.status();
     codes = UnpackDim0(*qw, b, l.in).t();
     zeros = UnpackDim0(qz->t(), b, l.out);

@@ -26,6 +26,8 @@
 //
 // Stateless; all outputs are CPU tensors.
 
+#include <torch/torch.h>
+
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -33,7 +35,6 @@
 
 #include "absl/status/statusor.h"
 #include "worker/engine/quantizer.h"
-#include <torch/torch.h>
 
 namespace roundhouse::engine {
 

@@ -71,11 +71,10 @@ TEST_P(PackingRoundTripTest, DequantizeInvertsPackExactly) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllSchemes, PackingRoundTripTest,
-    ::testing::Combine(::testing::Values(2, 3, 4, 8),
-                       ::testing::Values(32, 64, 128, -1),
-                       ::testing::Bool()));
+INSTANTIATE_TEST_SUITE_P(AllSchemes, PackingRoundTripTest,
+                         ::testing::Combine(::testing::Values(2, 3, 4, 8),
+                                            ::testing::Values(32, 64, 128, -1),
+                                            ::testing::Bool()));
 
 TEST(PackingTest, SymGptqZeroConstants) {
   struct Case {
@@ -139,9 +138,9 @@ TEST(PackingTest, BitLayoutMatchesSpec) {
   a.weight_qdq = torch::zeros({out, in});
   auto awq = PackLinear(Packing::kAutoRoundAwq, a, p, std::nullopt);
   ASSERT_TRUE(awq.ok()) << awq.status();
-  EXPECT_EQ(static_cast<uint32_t>(awq->tensors.at("qweight")[0][0]
-                                      .item<int32_t>()),
-            0x86427531u);
+  EXPECT_EQ(
+      static_cast<uint32_t>(awq->tensors.at("qweight")[0][0].item<int32_t>()),
+      0x86427531u);
 }
 
 TEST(PackingTest, GIdxAndErrors) {

@@ -1,20 +1,19 @@
 #include "worker/engine/quantizer.h"
 
+#include <c10/util/Half.h>
+
 #include <cmath>
 #include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include <c10/util/Half.h>
 
 namespace roundhouse::engine {
 namespace {
 
 // q_scale_thresh of the reference (1e-5 for fp16 scales), as the fp16 value
 // the reference's clamp on an fp16 tensor actually compares against.
-float ScaleThreshold() {
-  return static_cast<float>(c10::Half(1e-5f));
-}
+float ScaleThreshold() { return static_cast<float>(c10::Half(1e-5f)); }
 
 // Forward: round-half-to-even; backward: identity.
 torch::Tensor RoundSte(const torch::Tensor& x) {
@@ -26,9 +25,8 @@ torch::Tensor RoundSte(const torch::Tensor& x) {
 absl::Status ValidateQuantParams(const QuantParams& params) {
   if (params.bits != 2 && params.bits != 3 && params.bits != 4 &&
       params.bits != 8) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("bits must be 2, 3, 4 or 8 for a quantized layer, got ",
-                     params.bits));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "bits must be 2, 3, 4 or 8 for a quantized layer, got ", params.bits));
   }
   if (params.group_size != -1 && params.group_size <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -65,9 +63,8 @@ LinearQuantizer::LinearQuantizer(torch::Tensor weight, QuantParams params,
   // The range always contains 0 and is fixed for the whole tuning run.
   wmin_ = std::get<0>(grouped_.min(1)).clamp_max(0);
   wmax_ = std::get<0>(grouped_.max(1)).clamp_min(0);
-  auto opts = torch::TensorOptions()
-                  .dtype(torch::kFloat32)
-                  .device(weight_.device());
+  auto opts =
+      torch::TensorOptions().dtype(torch::kFloat32).device(weight_.device());
   v_ = torch::zeros({layout_.rows(), layout_.group}, opts)
            .set_requires_grad(true);
   if (enable_minmax_tuning_) {
@@ -83,9 +80,9 @@ absl::StatusOr<LinearQuantizer> LinearQuantizer::Create(
         "weight must be a non-empty 2-D tensor [out, in]");
   }
   if (!weight.is_floating_point()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "weight must be floating point, got ",
-        std::string(c10::toString(weight.scalar_type()))));
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight must be floating point, got ",
+                     std::string(c10::toString(weight.scalar_type()))));
   }
   if (auto s = ValidateQuantParams(params); !s.ok()) return s;
   try {
@@ -109,8 +106,7 @@ LinearQuantizer::Parts LinearQuantizer::Compute(
     torch::Tensor s = (peak / m).to(torch::kFloat16).to(torch::kFloat32);
     s = torch::where(s < 0, s.clamp_max(-thr), s.clamp_min(thr));
     torch::Tensor s2 = s.unsqueeze(1);
-    torch::Tensor q =
-        torch::clamp(RoundSte(grouped_ / s2 + v_), -m, m - 1);
+    torch::Tensor q = torch::clamp(RoundSte(grouped_ / s2 + v_), -m, m - 1);
     parts.qdq = s2 * q;
     parts.scale = s;
     parts.q = q + m;  // unsigned codes
@@ -160,11 +156,9 @@ QdqResult LinearQuantizer::Finalize() const {
                      .contiguous();
   r.scale = parts.scale.reshape({l.out, l.ngroups}).to(torch::kFloat16);
   if (params_.sym) {
-    r.zero = torch::full({l.out, l.ngroups},
-                         static_cast<int64_t>(1) << (params_.bits - 1),
-                         torch::TensorOptions()
-                             .dtype(torch::kInt32)
-                             .device(weight_.device()));
+    r.zero = torch::full(
+        {l.out, l.ngroups}, static_cast<int64_t>(1) << (params_.bits - 1),
+        torch::TensorOptions().dtype(torch::kInt32).device(weight_.device()));
   } else {
     r.zero = parts.zero.reshape({l.out, l.ngroups}).to(torch::kInt32);
   }

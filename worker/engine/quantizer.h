@@ -17,12 +17,13 @@
 // (gradients pass straight through the cast); the QDQ weight is returned in
 // the dtype of the original weight.
 
+#include <torch/torch.h>
+
 #include <cstdint>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include <torch/torch.h>
 
 namespace roundhouse::engine {
 
@@ -114,8 +115,8 @@ class LinearQuantizer {
   };
   Parts Compute(const torch::Tensor& min_s, const torch::Tensor& max_s) const;
 
-  torch::Tensor weight_;   // original [out, in]
-  torch::Tensor grouped_;  // fp32 [rows, G], zero padded
+  torch::Tensor weight_;       // original [out, in]
+  torch::Tensor grouped_;      // fp32 [rows, G], zero padded
   torch::Tensor wmin_, wmax_;  // fp32 [rows]
   torch::Tensor v_, min_scale_, max_scale_;
   QuantParams params_;

@@ -1,20 +1,21 @@
 #include "worker/engine/quantizer.h"
 
+#include <c10/util/Half.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "gtest/gtest.h"
-#include <c10/util/Half.h>
 
 namespace roundhouse::engine {
 namespace {
 
 struct Expected {
-  std::vector<float> qdq;      // [out*in]
-  std::vector<float> scale;    // [out*ng]
-  std::vector<int> zero;       // [out*ng]
-  std::vector<int> codes;      // [out*in]
+  std::vector<float> qdq;    // [out*in]
+  std::vector<float> scale;  // [out*ng]
+  std::vector<int> zero;     // [out*ng]
+  std::vector<int> codes;    // [out*in]
 };
 
 // The closed-form RTN formulas of autoround-spec §1.3, element by element
@@ -22,8 +23,8 @@ struct Expected {
 Expected ClosedForm(const torch::Tensor& w, const QuantParams& p) {
   torch::Tensor wc = w.contiguous();
   const int64_t out = wc.size(0), in = wc.size(1);
-  const int64_t g = (p.group_size <= 0 || in < p.group_size) ? in
-                                                              : p.group_size;
+  const int64_t g =
+      (p.group_size <= 0 || in < p.group_size) ? in : p.group_size;
   const int64_t ng = (in + g - 1) / g;
   const float* data = wc.data_ptr<float>();
   const float thr = static_cast<float>(c10::Half(1e-5f));
@@ -81,9 +82,9 @@ Expected ClosedForm(const torch::Tensor& w, const QuantParams& p) {
 torch::Tensor TestWeight(int64_t out, int64_t in, uint64_t seed) {
   torch::manual_seed(seed);
   torch::Tensor w = torch::randn({out, in}) * 0.05;
-  w[0].zero_();                      // all-zero row: scale = threshold
-  w[1].fill_(0.01);                  // one-sided row
-  w[2][0] = -0.2;                    // tie between the extremes (sym)
+  w[0].zero_();      // all-zero row: scale = threshold
+  w[1].fill_(0.01);  // one-sided row
+  w[2][0] = -0.2;    // tie between the extremes (sym)
   w[2][1] = 0.2;
   return w;
 }
@@ -124,11 +125,10 @@ TEST_P(QuantRtnTest, MatchesClosedForm) {
   EXPECT_LE(r.codes.max().item<int>(), (1 << bits) - 1);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllSchemes, QuantRtnTest,
-    ::testing::Combine(::testing::Values(2, 3, 4, 8),
-                       ::testing::Values(32, 64, 128, -1),
-                       ::testing::Bool()));
+INSTANTIATE_TEST_SUITE_P(AllSchemes, QuantRtnTest,
+                         ::testing::Combine(::testing::Values(2, 3, 4, 8),
+                                            ::testing::Values(32, 64, 128, -1),
+                                            ::testing::Bool()));
 
 TEST(QuantSymTest, TieGoesToNegativeScaleAndFullRange) {
   // max == -min: the negative branch wins, so +max maps to code -m.
@@ -159,8 +159,8 @@ TEST(QuantTunableTest, FinalizeMatchesForwardAndCodes) {
     torch::Tensor deq = (r.codes - z).to(torch::kFloat32) * s;
     EXPECT_TRUE(torch::equal(deq, r.weight_qdq)) << "sym=" << sym;
     // Tuned differs from RTN.
-    EXPECT_FALSE(torch::equal(r.weight_qdq, QuantizeRtn(w, {4, 32, sym})
-                                                .weight_qdq));
+    EXPECT_FALSE(
+        torch::equal(r.weight_qdq, QuantizeRtn(w, {4, 32, sym}).weight_qdq));
   }
 }
 
@@ -213,11 +213,9 @@ TEST(QuantParamsTest, CreateRejectsBadInput) {
   auto bad_bits = LinearQuantizer::Create(torch::zeros({4, 4}), {5, 32, true});
   ASSERT_FALSE(bad_bits.ok());
   EXPECT_NE(bad_bits.status().message().find("bits"), std::string::npos);
-  auto bad_group =
-      LinearQuantizer::Create(torch::zeros({4, 4}), {4, 0, true});
+  auto bad_group = LinearQuantizer::Create(torch::zeros({4, 4}), {4, 0, true});
   ASSERT_FALSE(bad_group.ok());
-  EXPECT_NE(bad_group.status().message().find("group_size"),
-            std::string::npos);
+  EXPECT_NE(bad_group.status().message().find("group_size"), std::string::npos);
   auto bad_shape = LinearQuantizer::Create(torch::zeros({4}), {4, 32, true});
   EXPECT_FALSE(bad_shape.ok());
   auto ints = LinearQuantizer::Create(torch::zeros({4, 4}, torch::kInt32),

@@ -22,9 +22,8 @@ std::string ShapeString(c10::IntArrayRef shape) {
 // Uniform integer in [0, n) by rejection, so the sequence does not depend on
 // the standard library's distribution implementation.
 uint64_t UniformBelow(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t limit =
-      std::numeric_limits<uint64_t>::max() -
-      std::numeric_limits<uint64_t>::max() % n;
+  const uint64_t limit = std::numeric_limits<uint64_t>::max() -
+                         std::numeric_limits<uint64_t>::max() % n;
   uint64_t x;
   do {
     x = rng();
@@ -67,14 +66,11 @@ struct Tunable {
   double lr = 0;
 };
 
-absl::Status CheckInputs(const BlockConfig& config,
-                         const BlockWeights& weights,
+absl::Status CheckInputs(const BlockConfig& config, const BlockWeights& weights,
                          std::map<std::string, LinearQuantizer>& quantizers,
-                         const torch::Tensor& q_in,
-                         const torch::Tensor& fp_out,
+                         const torch::Tensor& q_in, const torch::Tensor& fp_out,
                          const torch::Tensor& attention_mask,
-                         const torch::Tensor& loss_mask,
-                         const TuneOptions& o) {
+                         const torch::Tensor& loss_mask, const TuneOptions& o) {
   if (o.iters < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("iters must be >= 0, got ", o.iters));
@@ -111,8 +107,8 @@ absl::Status CheckInputs(const BlockConfig& config,
   const std::vector<int64_t> nt = {q_in.size(0), q_in.size(1)};
   if (!attention_mask.defined() ||
       attention_mask.sizes() != c10::IntArrayRef(nt)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "attention_mask must be ", ShapeString(nt)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention_mask must be ", ShapeString(nt)));
   }
   if (!loss_mask.defined() || loss_mask.sizes() != c10::IntArrayRef(nt)) {
     return absl::InvalidArgumentError(
@@ -126,10 +122,10 @@ absl::Status CheckInputs(const BlockConfig& config,
     }
     const torch::Tensor& w = weights.at(name + ".weight");
     if (quantizer.weight().sizes() != w.sizes()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "quantizer ", name, " has weight shape ",
-          ShapeString(quantizer.weight().sizes()), " but the block has ",
-          ShapeString(w.sizes())));
+      return absl::InvalidArgumentError(
+          absl::StrCat("quantizer ", name, " has weight shape ",
+                       ShapeString(quantizer.weight().sizes()),
+                       " but the block has ", ShapeString(w.sizes())));
     }
   }
   return absl::OkStatus();
@@ -155,11 +151,9 @@ absl::StatusOr<TuneResult> TuneBlock(
   }
   try {
     const c10::Device dev = weights.at("input_layernorm.weight").device();
-    const int64_t n = q_in.size(0), seq = q_in.size(1),
-                  hid = q_in.size(2);
-    const int64_t global_bs =
-        std::min<int64_t>(n, int64_t{o.batch_size} *
-                                 o.gradient_accumulate_steps);
+    const int64_t n = q_in.size(0), seq = q_in.size(1), hid = q_in.size(2);
+    const int64_t global_bs = std::min<int64_t>(
+        n, int64_t{o.batch_size} * o.gradient_accumulate_steps);
     const int64_t mb_size = std::min<int64_t>(o.batch_size, global_bs);
     const bool sum_reduction = o.gradient_accumulate_steps > 1;
     const int evals = std::max(o.iters, 1);
@@ -229,8 +223,7 @@ absl::StatusOr<TuneResult> TuneBlock(
         const int64_t len = std::min(mb_size, global_bs - start);
         torch::Tensor x = gather(q_in, in_buf, idx_row, start, len);
         torch::Tensor ref = gather(fp_out, ref_buf, idx_row, start, len);
-        torch::Tensor am =
-            gather(attention_mask, am_buf, idx_row, start, len);
+        torch::Tensor am = gather(attention_mask, am_buf, idx_row, start, len);
         torch::Tensor lm = gather(lm_src, lm_buf, idx_row, start, len);
         std::unique_ptr<torch::NoGradGuard> no_grad;
         if (!train) no_grad = std::make_unique<torch::NoGradGuard>();

@@ -10,6 +10,8 @@
 // device; the loop keeps the best-loss bookkeeping on that device, so the
 // only host synchronisation is at the end of the block.
 
+#include <torch/torch.h>
+
 #include <cstdint>
 #include <map>
 #include <string>
@@ -18,7 +20,6 @@
 #include "absl/status/statusor.h"
 #include "worker/engine/decoder_block.h"
 #include "worker/engine/quantizer.h"
-#include <torch/torch.h>
 
 namespace roundhouse::engine {
 

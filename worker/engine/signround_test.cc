@@ -92,8 +92,8 @@ TEST(SignRoundTest, ItersZeroIsExactlyRtn) {
   Data d = TinyData(c, w, 6, 12);
   TuneOptions o;
   o.iters = 0;
-  auto r = TuneBlock(c, w, qz, d.q_in, d.fp_out, d.attention_mask,
-                     d.loss_mask, o);
+  auto r =
+      TuneBlock(c, w, qz, d.q_in, d.fp_out, d.attention_mask, d.loss_mask, o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->loss_before, r->loss_after);
   EXPECT_GT(r->loss_before, 0);
@@ -101,8 +101,7 @@ TEST(SignRoundTest, ItersZeroIsExactlyRtn) {
   ASSERT_EQ(r->layers.size(), 7u);
   for (const std::string& s : BlockLinearSuffixes()) {
     QdqResult rtn = QuantizeRtn(w.at(s + ".weight"), p);
-    EXPECT_TRUE(torch::equal(r->layers.at(s).weight_qdq, rtn.weight_qdq))
-        << s;
+    EXPECT_TRUE(torch::equal(r->layers.at(s).weight_qdq, rtn.weight_qdq)) << s;
     EXPECT_TRUE(torch::equal(r->layers.at(s).codes, rtn.codes)) << s;
     EXPECT_TRUE(torch::equal(r->layers.at(s).scale, rtn.scale)) << s;
   }
@@ -119,8 +118,8 @@ TEST(SignRoundTest, LossNeverIncreasesAndVStaysBounded) {
     TuneOptions o;
     o.iters = 24;
     o.batch_size = 4;
-    auto r = TuneBlock(c, w, qz, d.q_in, d.fp_out, d.attention_mask,
-                       d.loss_mask, o);
+    auto r =
+        TuneBlock(c, w, qz, d.q_in, d.fp_out, d.attention_mask, d.loss_mask, o);
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_LE(r->loss_after, r->loss_before);
     EXPECT_GE(r->best_iter, 0);
@@ -134,8 +133,8 @@ TEST(SignRoundTest, LossNeverIncreasesAndVStaysBounded) {
       EXPECT_LE(q.max_scale().max().item<double>(), 1.0) << name;
       moved = moved || q.v().abs().max().item<double>() > 0;
       // The quantizers hold the kept parameters.
-      EXPECT_TRUE(torch::equal(q.Finalize().weight_qdq,
-                               r->layers.at(name).weight_qdq))
+      EXPECT_TRUE(
+          torch::equal(q.Finalize().weight_qdq, r->layers.at(name).weight_qdq))
           << name;
     }
     if (r->best_iter > 0) {
@@ -157,8 +156,8 @@ TEST(SignRoundTest, AccumulationAndLastIterationOption) {
   o.gradient_accumulate_steps = 2;
   o.not_use_best_mse = true;
   o.lr = 0.05;
-  auto r = TuneBlock(c, w, qz, d.q_in, d.fp_out, d.attention_mask,
-                     d.loss_mask, o);
+  auto r =
+      TuneBlock(c, w, qz, d.q_in, d.fp_out, d.attention_mask, d.loss_mask, o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->best_iter, o.iters - 1);
   EXPECT_EQ(r->layers.size(), 2u);
@@ -177,10 +176,10 @@ TEST(SignRoundTest, SameSeedSameResult) {
   o.batch_size = 4;
   auto q1 = MakeQuantizers(w, {"self_attn.q_proj"}, {2, 32, true});
   auto q2 = MakeQuantizers(w, {"self_attn.q_proj"}, {2, 32, true});
-  auto r1 = TuneBlock(c, w, q1, d.q_in, d.fp_out, d.attention_mask,
-                      d.loss_mask, o);
-  auto r2 = TuneBlock(c, w, q2, d.q_in, d.fp_out, d.attention_mask,
-                      d.loss_mask, o);
+  auto r1 =
+      TuneBlock(c, w, q1, d.q_in, d.fp_out, d.attention_mask, d.loss_mask, o);
+  auto r2 =
+      TuneBlock(c, w, q2, d.q_in, d.fp_out, d.attention_mask, d.loss_mask, o);
   ASSERT_TRUE(r1.ok() && r2.ok());
   EXPECT_EQ(r1->loss_after, r2->loss_after);
   EXPECT_TRUE(torch::equal(q1.at("self_attn.q_proj").v(),
@@ -199,19 +198,16 @@ TEST(SignRoundTest, BadInputsAreNamed) {
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("fp_out"), std::string::npos);
   o.batch_size = 0;
-  r = TuneBlock(c, w, qz, d.q_in, d.fp_out, d.attention_mask, d.loss_mask,
-                o);
+  r = TuneBlock(c, w, qz, d.q_in, d.fp_out, d.attention_mask, d.loss_mask, o);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("batch_size"), std::string::npos);
   o.batch_size = 2;
   std::map<std::string, LinearQuantizer> bad;
   bad.emplace("self_attn.qq_proj",
               LinearQuantizer(w.at("self_attn.q_proj.weight"), {4, 32, true}));
-  r = TuneBlock(c, w, bad, d.q_in, d.fp_out, d.attention_mask, d.loss_mask,
-                o);
+  r = TuneBlock(c, w, bad, d.q_in, d.fp_out, d.attention_mask, d.loss_mask, o);
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().message().find("self_attn.qq_proj"),
-            std::string::npos);
+  EXPECT_NE(r.status().message().find("self_attn.qq_proj"), std::string::npos);
 }
 
 TEST(SignRoundTest, DefaultLearningRate) {
@@ -259,8 +255,7 @@ TEST(SignRoundTest, ReducesLossOnStoriesBlock) {
   }
   ASSERT_EQ(got, n);
   torch::Tensor embed = *(*file)->Load("model.embed_tokens.weight");
-  torch::Tensor x =
-      embed.index_select(0, torch::tensor(ids)).view({n, t, 64});
+  torch::Tensor x = embed.index_select(0, torch::tensor(ids)).view({n, t, 64});
   torch::Tensor am = torch::ones({n, t}, torch::kInt64);
   torch::Tensor lm = torch::ones({n, t});
   lm.select(1, t - 1).zero_();
@@ -269,8 +264,7 @@ TEST(SignRoundTest, ReducesLossOnStoriesBlock) {
     torch::NoGradGuard ng;
     fp = DecoderBlockForward(c, w, x, am);
   }
-  const std::vector<std::string> attn = {"self_attn.q_proj",
-                                         "self_attn.k_proj",
+  const std::vector<std::string> attn = {"self_attn.q_proj", "self_attn.k_proj",
                                          "self_attn.v_proj",
                                          "self_attn.o_proj"};
   for (int bits : {4, 2}) {
@@ -291,15 +285,15 @@ TEST(SignRoundTest, ReducesLossOnStoriesBlock) {
     }
     torch::NoGradGuard ng;
     auto mse = [&](const std::map<std::string, torch::Tensor>& ov) {
-      torch::Tensor d = (DecoderBlockForward(c, w, x, am, &ov) - fp) *
-                        lm.unsqueeze(-1);
+      torch::Tensor d =
+          (DecoderBlockForward(c, w, x, am, &ov) - fp) * lm.unsqueeze(-1);
       return d.pow(2).mean().item<double>();
     };
     const double e_rtn = mse(rtn), e_tuned = mse(tuned);
     std::cout << "stories block 0 W" << bits << "G32: tuner loss "
               << r->loss_before << " -> " << r->loss_after << " (best iter "
-              << r->best_iter << "), full-data MSE RTN " << e_rtn
-              << " tuned " << e_tuned << "\n";
+              << r->best_iter << "), full-data MSE RTN " << e_rtn << " tuned "
+              << e_tuned << "\n";
     EXPECT_LT(e_tuned, e_rtn);
   }
 }
