@@ -10,9 +10,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
+#include <ftw.h>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace roundhouse {
 namespace {
@@ -103,21 +105,38 @@ absl::Status RenameDurably(const std::string& from, const std::string& to) {
 }
 
 absl::Status MakeDirs(const std::string& path) {
-  std::error_code ec;
-  std::filesystem::create_directories(path, ec);
-  if (ec) {
-    return absl::InternalError(
-        absl::StrCat("cannot create directory ", path, ": ", ec.message()));
+  if (path.empty()) return absl::InvalidArgumentError("empty directory path");
+  std::string partial;
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = path.find('/', pos + 1);
+    partial = path.substr(0, pos);
+    if (partial.empty()) continue;
+    if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
+      return ErrnoError("cannot create directory", partial);
+    }
+  }
+  if (!IsDirectory(path)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create directory ", path, ": not a directory"));
   }
   return absl::OkStatus();
 }
 
+namespace {
+int RemoveEntry(const char* path, const struct stat*, int, struct FTW*) {
+  return ::remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+}  // namespace
+
 absl::Status RemoveTree(const std::string& path) {
-  std::error_code ec;
-  std::filesystem::remove_all(path, ec);
-  if (ec) {
-    return absl::InternalError(
-        absl::StrCat("cannot remove ", path, ": ", ec.message()));
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoError("cannot stat", path);
+  }
+  if (::nftw(path.c_str(), RemoveEntry, 64, FTW_DEPTH | FTW_PHYS) != 0) {
+    return ErrnoError("cannot remove", path);
   }
   return absl::OkStatus();
 }
@@ -132,24 +151,43 @@ bool IsDirectory(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+namespace {
+// Appends the regular files below `dir` (relative to `root`) to `out`.
+absl::Status ListInto(const std::string& root, const std::string& rel,
+                      bool recursive, std::vector<std::string>* out) {
+  const std::string dir = rel.empty() ? root : JoinPath(root, rel);
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return ErrnoError("cannot list", dir);
+  absl::Status status;
+  while (struct dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    const std::string child_rel = rel.empty() ? name : JoinPath(rel, name);
+    struct stat st;
+    if (::stat(JoinPath(root, child_rel).c_str(), &st) != 0) continue;
+    if (S_ISREG(st.st_mode)) {
+      out->push_back(child_rel);
+    } else if (S_ISDIR(st.st_mode) && recursive) {
+      status = ListInto(root, child_rel, recursive, out);
+      if (!status.ok()) break;
+    }
+  }
+  ::closedir(d);
+  return status;
+}
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& dir) {
+  std::vector<std::string> out;
+  RETURN_IF_ERROR(ListInto(dir, "", /*recursive=*/false, &out));
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 absl::StatusOr<std::vector<std::string>> ListFilesRecursive(
     const std::string& dir) {
   std::vector<std::string> out;
-  std::error_code ec;
-  std::filesystem::recursive_directory_iterator it(dir, ec), end;
-  if (ec) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot list ", dir, ": ", ec.message()));
-  }
-  for (; it != end; it.increment(ec)) {
-    if (ec) {
-      return absl::InternalError(
-          absl::StrCat("cannot list ", dir, ": ", ec.message()));
-    }
-    if (it->is_regular_file()) {
-      out.push_back(std::filesystem::relative(it->path(), dir).string());
-    }
-  }
+  RETURN_IF_ERROR(ListInto(dir, "", /*recursive=*/true, &out));
   std::sort(out.begin(), out.end());
   return out;
 }

@@ -1,7 +1,11 @@
 #ifndef ROUNDHOUSE_COMMON_FILES_H_
 #define ROUNDHOUSE_COMMON_FILES_H_
 
-// File-system helpers with the durability rules roundhouse promises:
+// File-system helpers with the durability rules roundhouse promises.
+// Implemented with POSIX calls, not std::filesystem: the CUDA libtorch wheel
+// exports std::filesystem symbols of its own, and a binary linking it would
+// bind to them (seen crashing in remove_all on the GPU machine).
+//
 // artifacts and checkpoints appear atomically (write to a temporary name,
 // fsync, rename, fsync the directory) and nothing is left half written.
 // All functions are thread-compatible (no shared state); errors name the path.
@@ -38,6 +42,9 @@ absl::Status RemoveTree(const std::string& path);
 
 bool PathExists(const std::string& path);
 bool IsDirectory(const std::string& path);
+
+// Names of the regular files directly in `dir` (no recursion), sorted.
+absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& dir);
 
 // Regular files below `dir`, as paths relative to it, sorted.
 absl::StatusOr<std::vector<std::string>> ListFilesRecursive(

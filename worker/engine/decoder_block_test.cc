@@ -2,12 +2,12 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "common/files.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/safetensors.h"
@@ -33,7 +33,7 @@ bool InCi() {
 // Skips (or, under CI=true, fails) when the stories260K-hf fixture is absent.
 #define REQUIRE_STORIES(dir)                                                \
   const std::string dir = SharedDir() + "/fixtures/stories260K-hf";         \
-  if (!std::filesystem::exists(dir + "/model.safetensors")) {               \
+  if (!::roundhouse::PathExists(dir + "/model.safetensors")) {               \
     if (InCi()) FAIL() << "missing fixture " << dir << " (CI=true)";        \
     GTEST_SKIP() << "fixture not found: " << dir << " (set RH_SHARED_DIR)"; \
   }

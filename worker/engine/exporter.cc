@@ -1,6 +1,5 @@
 #include "worker/engine/exporter.h"
 
-#include <filesystem>
 #include <regex>
 #include <set>
 
@@ -245,19 +244,12 @@ absl::StatusOr<std::vector<std::string>> ExportFormat(
       JoinPath(out_dir, "quantization_config.json"), qc.dump(2) + "\n"));
   files.push_back("quantization_config.json");
 
-  std::error_code ec;
   std::vector<std::string> companions;
-  for (const auto& entry :
-       std::filesystem::directory_iterator(in.model_dir, ec)) {
-    if (!entry.is_regular_file()) continue;
-    const std::string fname = entry.path().filename().string();
+  ASSIGN_OR_RETURN(std::vector<std::string> entries,
+                   ListDirectory(in.model_dir));
+  for (const std::string& fname : entries) {
     if (IsCompanionFile(fname)) companions.push_back(fname);
   }
-  if (ec) {
-    return absl::InternalError(
-        absl::StrCat("cannot list ", in.model_dir, ": ", ec.message()));
-  }
-  std::sort(companions.begin(), companions.end());
   for (const std::string& fname : companions) {
     ASSIGN_OR_RETURN(std::string data,
                      ReadFile(JoinPath(in.model_dir, fname)));

@@ -4,7 +4,7 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <filesystem>
+#include <dirent.h>
 #include <map>
 #include <string>
 #include <vector>
@@ -81,12 +81,14 @@ std::map<std::string, std::string> HashTree(const std::string& dir) {
 bool StagingLeft(const std::string& out) {
   const std::string parent = out.substr(0, out.find_last_of('/'));
   const std::string base = out.substr(out.find_last_of('/') + 1);
-  for (const auto& e : std::filesystem::directory_iterator(parent)) {
-    if (absl::StartsWith(e.path().filename().string(), base + ".staging-")) {
-      return true;
-    }
+  DIR* d = opendir(parent.c_str());
+  if (d == nullptr) return false;
+  bool found = false;
+  while (struct dirent* e = readdir(d)) {
+    if (absl::StartsWith(e->d_name, base + ".staging-")) found = true;
   }
-  return false;
+  closedir(d);
+  return found;
 }
 
 // Checks an exported format directory against the source checkpoint and

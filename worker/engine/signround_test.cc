@@ -2,12 +2,12 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "common/files.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/safetensors.h"
@@ -222,7 +222,7 @@ TEST(SignRoundTest, DefaultLearningRate) {
 // quantizes in this model (172 is not a multiple of 32).
 TEST(SignRoundTest, ReducesLossOnStoriesBlock) {
   const std::string dir = SharedDir() + "/fixtures/stories260K-hf";
-  if (!std::filesystem::exists(dir + "/model.safetensors")) {
+  if (!::roundhouse::PathExists(dir + "/model.safetensors")) {
     if (InCi()) FAIL() << "missing fixture " << dir << " (CI=true)";
     GTEST_SKIP() << "fixture not found: " << dir << " (set RH_SHARED_DIR)";
   }
