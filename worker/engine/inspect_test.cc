@@ -7,6 +7,7 @@
 
 #include "common/files.h"
 #include "gmock/gmock.h"
+#include "common/test_support.h"
 #include "gtest/gtest.h"
 #include "worker/engine/generator.h"
 
@@ -16,19 +17,8 @@ namespace {
 using ::testing::HasSubstr;
 using json = nlohmann::json;
 
-std::string SharedDir() {
-  if (const char* env = std::getenv("RH_SHARED_DIR"); env && *env) return env;
-#ifdef ROUNDHOUSE_SHARED_DIR
-  return ROUNDHOUSE_SHARED_DIR;
-#else
-  return "";
-#endif
-}
-
-bool InCi() {
-  const char* ci = std::getenv("CI");
-  return ci != nullptr && std::strcmp(ci, "true") == 0;
-}
+using ::roundhouse::testing_support::InCi;
+using ::roundhouse::testing_support::SharedDir;
 
 #define REQUIRE_FIXTURE(path)                                               \
   do {                                                                      \

@@ -14,6 +14,7 @@
 #include "common/files.h"
 #include "common/sha256.h"
 #include "gmock/gmock.h"
+#include "common/test_support.h"
 #include "gtest/gtest.h"
 #include "worker/engine/checkpoint_store.h"
 #include "worker/engine/exporter.h"
@@ -375,16 +376,8 @@ TEST(PipelineTest, ResumeIsByteIdenticalAndAChangedSpecStartsFresh) {
 // ---------------------------------------------------------------------------
 // Real weights: the stories260K fixture (label: uses the shared fixture).
 
-std::string SharedDir() {
-  const char* env = std::getenv("RH_SHARED_DIR");
-  if (env != nullptr && *env != '\0') return env;
-  return ROUNDHOUSE_SHARED_DIR;
-}
-
-bool InCi() {
-  const char* ci = std::getenv("CI");
-  return ci != nullptr && std::string(ci) == "true";
-}
+using ::roundhouse::testing_support::InCi;
+using ::roundhouse::testing_support::SharedDir;
 
 struct Ppl {
   double fp = 0, rtn = 0, autoround = 0;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/files.h"
+#include "common/test_support.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/safetensors.h"
@@ -15,19 +16,8 @@
 namespace roundhouse::engine {
 namespace {
 
-std::string SharedDir() {
-  if (const char* env = std::getenv("RH_SHARED_DIR"); env && *env) return env;
-#ifdef ROUNDHOUSE_SHARED_DIR
-  return ROUNDHOUSE_SHARED_DIR;
-#else
-  return "";
-#endif
-}
-
-bool InCi() {
-  const char* ci = std::getenv("CI");
-  return ci != nullptr && std::string(ci) == "true";
-}
+using ::roundhouse::testing_support::InCi;
+using ::roundhouse::testing_support::SharedDir;
 
 BlockConfig TinyConfig() {
   BlockConfig c;
