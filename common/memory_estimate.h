@@ -1,0 +1,152 @@
+#ifndef ROUNDHOUSE_COMMON_MEMORY_ESTIMATE_H_
+#define ROUNDHOUSE_COMMON_MEMORY_ESTIMATE_H_
+
+// Admission estimate of a quantization job's peak device memory, computed
+// from the model's config.json and the job's scheme before any tensor is
+// allocated. Torch-free so that the coordinator (admission, placement) and
+// the engine (`roundhouse-worker estimate`) share one model.
+//
+// The model follows what the engine allocates (worker/engine/pipeline.cc,
+// signround.cc, quantizer.cc, decoder_block.cc), block by block:
+//  - one block's weights in the compute dtype (the embedding and the LM
+//    head stay on the host: tokens are embedded on the CPU);
+//  - the activation chains [N,T,H] in the compute dtype: fp_in, q_in and
+//    fp_out while a block is tuned; during the q_next forward also the
+//    chunk outputs and their concatenation (5 chains). In low-memory mode
+//    the chains live on the host, but TuneBlock still receives device
+//    copies of q_in and fp_out (2 chains);
+//  - per quantized weight element: the rounding offset v (fp32), its
+//    gradient (fp32), the best copy (fp32), the QDQ weight in the compute
+//    dtype, and two fp32 intermediates autograd keeps for the
+//    straight-through backward (clamp input and clamp output); on the CPU
+//    also the fp32 grouped copy of the weight (dropped on CUDA);
+//  - per micro-batch token: the activations the decoder block saves for
+//    backward. With fused attention (scaled-dot-product attention, CUDA)
+//    q, k, v, the output and the log-sum-exp; with eager attention (CPU)
+//    also the [B,heads,T,T] probabilities in fp32 and in the compute dtype.
+// Peak = max over the phases (tuning, block forward, evaluation) plus a
+// fixed runtime allowance (CUDA context, cuBLAS workspace) and a slack
+// fraction for the caching allocator's fragmentation.
+//
+// Upper-bound choices: every block Linear is assumed quantized with the
+// global scheme (bits-16 overrides and ignore_layers only lower the real
+// figure), nsamples samples of seqlen tokens each. It is an estimate, not a
+// guarantee: kernels may pick workspaces this model does not see.
+//
+// All functions are pure and thread-safe. Sizes are bytes.
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+
+namespace roundhouse {
+
+// The decoder (text) shape of a checkpoint, as the engine reads it
+// (worker/engine/model_config.cc): for qwen3_vl / colqwen3 from
+// text_config, otherwise from the top level.
+struct ModelShape {
+  std::string model_type;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;    // hidden_size / num_heads when absent
+  int64_t vocab_size = 0;  // 0 when absent (not needed for the estimate)
+  bool qk_norm = false;    // qwen3, qwen3_vl, colqwen3
+  bool attention_bias = false;  // q/k/v biases (qwen2 always)
+  bool tie_word_embeddings = false;
+  std::string torch_dtype;  // "" when absent
+};
+
+// Parses a config.json object. InvalidArgument naming `config.json` and the
+// key, e.g. "config.json: text_config.hidden_size is missing".
+absl::StatusOr<ModelShape> ModelShapeFromConfig(const nlohmann::json& config);
+// Reads <model_dir>/config.json (NotFound / InvalidArgument naming the file).
+absl::StatusOr<ModelShape> ReadModelShape(const std::string& model_dir);
+
+// The spec settings the estimate depends on, with the proto defaults.
+struct EstimateInputs {
+  int nsamples = 128;
+  int seqlen = 2048;
+  int batch_size = 8;  // capped to nsamples
+  int gradient_accumulate_steps = 1;
+  int iters = 200;  // 0 = round-to-nearest (no autograd state)
+  int bits = 4;
+  int group_size = 128;  // -1 = one group per row
+  bool enable_minmax_tuning = true;
+  bool enable_quanted_input = true;
+  // "auto", "float32", "bfloat16", "float16". "auto" = float32 on the CPU,
+  // the checkpoint dtype on CUDA (config.json torch_dtype; float32, the
+  // larger, when absent).
+  std::string compute_dtype = "auto";
+  bool evaluation_enabled = true;
+  int eval_samples = 16;
+};
+
+struct EstimateOptions {
+  std::string device = "cuda";  // "cuda" or "cpu" (host RAM)
+  bool low_memory = false;      // QuantizeRequest::low_memory
+  // CUDA context, cuBLAS handles and workspace, kernel images: a fixed
+  // allowance (not counted on the CPU).
+  int64_t cuda_context_bytes = int64_t{600} << 20;
+  // Added to the peak phase on CUDA for the caching allocator's block
+  // rounding and fragmentation.
+  double allocator_slack_fraction = 0.10;
+  // Whether the decoder block uses scaled-dot-product attention (no
+  // [B,heads,T,T] scores kept). The engine does so on CUDA only.
+  bool fused_attention_on_cuda = true;
+};
+
+// Every term in bytes. Phase totals add the terms they hold; total_bytes =
+// context_bytes + max(phase) + slack_bytes.
+struct MemoryEstimate {
+  // Resolved inputs.
+  std::string device;
+  std::string compute_dtype;  // "float32", "bfloat16", "float16"
+  bool fused_attention = false;
+  bool low_memory = false;
+  int64_t samples = 0, seqlen = 0, micro_batch = 0, forward_chunk = 0;
+  int64_t quantized_elements = 0;  // weight elements of one block's Linears
+
+  int64_t context_bytes = 0;
+  int64_t block_weights_bytes = 0;  // one block, compute dtype
+  int64_t chain_bytes = 0;          // one [N,T,H] chain, compute dtype
+  int chains_tuning = 0;            // chains on the device while tuning
+  int chains_forward = 0;           // ... during the q_next forward
+  int64_t masks_bytes = 0;          // attention/loss masks [N,T] on device
+  int64_t batch_buffers_bytes = 0;  // TuneBlock micro-batch gather buffers
+  int64_t tunables_bytes = 0;       // v + min/max scales, fp32
+  int64_t gradients_bytes = 0;      // their .grad, fp32
+  int64_t best_copy_bytes = 0;      // best-so-far copies, fp32
+  int64_t grouped_copy_bytes = 0;   // fp32 grouped weights (CPU only)
+  int64_t qdq_weights_bytes = 0;    // QDQ weights [out,in], compute dtype
+  int64_t qdq_saved_bytes = 0;      // fp32 STE intermediates kept for backward
+  int64_t qdq_transient_bytes = 0;  // temporaries of the largest Linear
+  int64_t activations_saved_bytes = 0;      // one micro-batch, for backward
+  int64_t activations_transient_bytes = 0;  // at the backward peak
+  int64_t forward_transient_bytes = 0;      // one no-grad forward chunk
+  int64_t evaluation_chain_bytes = 0;       // one eval [E,T,H] chain
+
+  int64_t tuning_bytes = 0;
+  int64_t block_forward_bytes = 0;
+  int64_t evaluation_bytes = 0;
+  std::string peak_phase;  // "tuning", "block_forward" or "evaluation"
+  int64_t slack_bytes = 0;
+  int64_t total_bytes = 0;
+
+  // Every field above, keys as the field names.
+  nlohmann::json ToJson() const;
+};
+
+// InvalidArgument naming the field when an input is out of range (e.g.
+// "scheme.seqlen must be positive, got 0") or the device is unknown.
+absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
+    const ModelShape& model, const EstimateInputs& inputs,
+    const EstimateOptions& options = {});
+
+}  // namespace roundhouse
+
+#endif  // ROUNDHOUSE_COMMON_MEMORY_ESTIMATE_H_
