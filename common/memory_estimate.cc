@@ -195,7 +195,9 @@ json MemoryEstimate::ToJson() const {
       {"device", device},
       {"compute_dtype", compute_dtype},
       {"fused_attention", fused_attention},
+      {"fused_kernels", fused_kernels},
       {"low_memory", low_memory},
+      {"gpus", gpus},
       {"samples", samples},
       {"seqlen", seqlen},
       {"micro_batch", micro_batch},
@@ -219,6 +221,7 @@ json MemoryEstimate::ToJson() const {
       {"activations_transient_bytes", activations_transient_bytes},
       {"forward_transient_bytes", forward_transient_bytes},
       {"evaluation_chain_bytes", evaluation_chain_bytes},
+      {"resident_model_bytes", resident_model_bytes},
       {"tuning_bytes", tuning_bytes},
       {"block_forward_bytes", block_forward_bytes},
       {"evaluation_bytes", evaluation_bytes},
@@ -239,6 +242,7 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
   for (auto [name, v] : std::initializer_list<std::pair<const char*, int64_t>>{
            {"hidden_size", model.hidden_size},
            {"intermediate_size", model.intermediate_size},
+           {"num_layers", model.num_layers},
            {"num_heads", model.num_heads},
            {"num_kv_heads", model.num_kv_heads},
            {"head_dim", model.head_dim},
@@ -266,6 +270,10 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
         "device must be \"cpu\" or \"cuda\", got \"", options.device, "\""));
   }
   const bool cuda = options.device == "cuda";
+  if (options.gpus < 1 || (options.gpus > 1 && !cuda)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "gpus must be >= 1, and > 1 only on cuda, got ", options.gpus));
+  }
 
   MemoryEstimate e;
   e.device = options.device;
@@ -285,6 +293,8 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
   }
   const int64_t eb = DtypeBytes(e.compute_dtype);
   e.fused_attention = cuda && options.fused_attention_on_cuda;
+  e.fused_kernels = cuda && options.fused_kernels_on_cuda;
+  e.gpus = options.gpus;
 
   const int64_t hid = model.hidden_size, inter = model.intermediate_size;
   const int64_t nh = model.num_heads, nkv = model.num_kv_heads;
@@ -294,10 +304,12 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
   const bool train = in.iters > 0;
   e.samples = n;
   e.seqlen = t;
-  // signround.cc: global batch = min(N, bs * gas), micro-batch = min(bs, it).
-  const int64_t global_bs =
-      std::min<int64_t>(n, int64_t{in.batch_size} * in.gradient_accumulate_steps);
-  e.micro_batch = std::min<int64_t>(in.batch_size, global_bs);
+  // signround.cc: global batch = min(N, bs * gas), micro-batch = min(bs,
+  // it), split across the replicas (replica 0 takes the first share).
+  const int64_t global_bs = std::min<int64_t>(
+      n, int64_t{in.batch_size} * in.gradient_accumulate_steps);
+  const int64_t whole_mb = std::min<int64_t>(in.batch_size, global_bs);
+  e.micro_batch = (whole_mb + options.gpus - 1) / options.gpus;
   // pipeline.cc: chunk of the no-grad block forwards.
   e.forward_chunk =
       options.low_memory ? 1 : std::min<int64_t>(n, in.batch_size);
@@ -322,21 +334,26 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
     e.tunables_bytes += tun;
     if (train) e.gradients_bytes += tun;
     e.best_copy_bytes += tun;
-    // wmin/wmax [rows] always; the fp32 grouped copy on the CPU only.
-    e.grouped_copy_bytes += 8 * g.rows + (cuda ? 0 : 4 * g.padded);
+    // wmin/wmax [rows] always; the fp32 grouped copy for the libtorch path.
+    e.grouped_copy_bytes += 8 * g.rows + (e.fused_kernels ? 0 : 4 * g.padded);
     e.qdq_weights_bytes += eb * out * inn;
-    // Clamp input and clamp output of the STE, fp32 [rows, G].
-    if (train) e.qdq_saved_bytes += 8 * g.padded;
+    // libtorch path: clamp input and clamp output of the STE, fp32
+    // [rows, G]. The fused kernel keeps only its inputs.
+    if (train && !e.fused_kernels) e.qdq_saved_bytes += 8 * g.padded;
   }
   e.block_weights_bytes = eb * weight_elems;
-  // Up to three fp32 [rows, G] temporaries of one Linear's QDQ at a time.
-  e.qdq_transient_bytes = 12 * largest_padded;
+  // libtorch path: up to three fp32 [rows, G] temporaries of one Linear's
+  // QDQ at a time; the fused kernels allocate nothing beyond their outputs.
+  e.qdq_transient_bytes = e.fused_kernels ? 0 : 12 * largest_padded;
+  // Every block of the text model, for the resident evaluation model.
+  const int64_t block_elems = weight_elems;
 
   // ---- chains and buffers --------------------------------------------------
   e.chain_bytes = n * t * hid * eb;
   if (options.low_memory) {
-    // Host chains; TuneBlock still gets device copies of q_in and fp_out.
-    e.chains_tuning = 2;
+    // Host chains; TuneBlock streams micro-batches, the block forwards
+    // move one sample at a time.
+    e.chains_tuning = 0;
     e.chains_forward = 0;
   } else if (in.enable_quanted_input) {
     e.chains_tuning = 3;   // fp_in, q_in, fp_out
@@ -383,6 +400,8 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
     e.activations_transient_bytes = mb_tokens * fwd_tmp;
   }
   e.forward_transient_bytes = e.forward_chunk * t * fwd_tmp;
+  // Low-memory: the chunk's input and output copies on the device.
+  if (options.low_memory) e.forward_transient_bytes += 2 * t * hid * eb;
 
   // ---- phases ----------------------------------------------------------------
   e.tuning_bytes = e.block_weights_bytes + e.chains_tuning * e.chain_bytes +
@@ -391,14 +410,21 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
                    e.grouped_copy_bytes + e.qdq_weights_bytes +
                    e.qdq_saved_bytes + e.qdq_transient_bytes +
                    e.activations_saved_bytes + e.activations_transient_bytes;
-  // The q_next forward: the quantizers (v and its gradient) and the QDQ
-  // weights are still alive; TuneBlock's best copies and graph are gone.
+  // The q_next forward: the quantizers (v) and the QDQ weights are still
+  // alive; TuneBlock's best copies, gradients and graph are gone.
   e.block_forward_bytes = e.block_weights_bytes +
                           e.chains_forward * e.chain_bytes + e.masks_bytes +
-                          e.tunables_bytes + e.gradients_bytes +
+                          e.tunables_bytes +
                           e.grouped_copy_bytes + e.qdq_weights_bytes +
                           e.forward_transient_bytes;
   if (in.evaluation_enabled) {
+    // evaluation.cc: the original text model resident in the compute
+    // dtype (every block, the embedding, an untied LM head, the final
+    // norm); the quantized pass afterwards holds less (packed codes).
+    const int64_t vocab = model.vocab_size;
+    e.resident_model_bytes =
+        eb * (model.num_layers * block_elems + vocab * hid +
+              (model.tie_word_embeddings ? 0 : vocab * hid) + hid);
     const int64_t ev = in.eval_samples;
     e.evaluation_chain_bytes = ev * t * hid * eb;
     // RunBlocks: hidden, its chunk outputs and their cat; the final norm
@@ -406,7 +432,7 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
     const int64_t chains = std::max(3 * e.evaluation_chain_bytes,
                                     ev * t * hid * (eb + 8));
     const int64_t chunk = std::min<int64_t>(ev, in.batch_size);
-    e.evaluation_bytes = e.block_weights_bytes + chains + e.masks_bytes +
+    e.evaluation_bytes = e.resident_model_bytes + chains + e.masks_bytes +
                          chunk * t * fwd_tmp;
   }
 

@@ -7,31 +7,38 @@
 // the engine (`roundhouse-worker estimate`) share one model.
 //
 // The model follows what the engine allocates (worker/engine/pipeline.cc,
-// signround.cc, quantizer.cc, decoder_block.cc), block by block:
-//  - one block's weights in the compute dtype (the embedding and the LM
-//    head stay on the host: tokens are embedded on the CPU);
-//  - the activation chains [N,T,H] in the compute dtype: fp_in, q_in and
-//    fp_out while a block is tuned; during the q_next forward also the
-//    chunk outputs and their concatenation (5 chains). In low-memory mode
-//    the chains live on the host, but TuneBlock still receives device
-//    copies of q_in and fp_out (2 chains);
-//  - per quantized weight element: the rounding offset v (fp32), its
-//    gradient (fp32), the best copy (fp32), the QDQ weight in the compute
-//    dtype, and two fp32 intermediates autograd keeps for the
-//    straight-through backward (clamp input and clamp output); on the CPU
-//    also the fp32 grouped copy of the weight (dropped on CUDA);
-//  - per micro-batch token: the activations the decoder block saves for
-//    backward. With fused attention (scaled-dot-product attention, CUDA)
-//    q, k, v, the output and the log-sum-exp; with eager attention (CPU)
-//    also the [B,heads,T,T] probabilities in fp32 and in the compute dtype.
-// Peak = max over the phases (tuning, block forward, evaluation) plus a
-// fixed runtime allowance (CUDA context, cuBLAS workspace) and a slack
-// fraction for the caching allocator's fragmentation.
+// signround.cc, quantizer.cc, fused_qdq.h, decoder_block.cc, evaluation.cc),
+// and reports the peak of one GPU (device 0, the busiest: with several GPUs
+// the others hold copies of two chains instead of the pipeline's three to
+// five). Phases:
+//  - tuning: one block's weights in the compute dtype (the embedding and
+//    the LM head stay on the host: tokens are embedded on the CPU); the
+//    activation chains [N,T,H] fp_in, q_in and fp_out (none in low-memory
+//    mode: TuneBlock streams micro-batches from the host); the micro-batch
+//    buffers; per quantized weight element the rounding offset v (fp32),
+//    its gradient (fp32), the best copy (fp32) and the QDQ weight (compute
+//    dtype); with the libtorch QDQ path (CPU, or CUDA without the fused
+//    kernels) also two fp32 intermediates autograd keeps for the
+//    straight-through backward and the fp32 grouped copy of the weight;
+//    per micro-batch token the activations the decoder block saves for
+//    backward: with fused attention (CUDA) q, k, v, the output and the
+//    log-sum-exp, with eager attention (CPU) also the [B,heads,T,T]
+//    probabilities in fp32 and in the compute dtype;
+//  - block_forward: the q_next forward after tuning (five chains: fp_in,
+//    q_in, fp_out, the chunk outputs and their concatenation) with the
+//    quantizers still alive;
+//  - evaluation: evaluation.cc keeps the whole original language model
+//    (every block, the embedding, an untied LM head) resident on the device
+//    in the compute dtype while it runs the evaluation samples.
+// Peak = max over the phases plus a fixed runtime allowance (CUDA context,
+// cuBLAS workspace) and a slack fraction for the caching allocator.
 //
 // Upper-bound choices: every block Linear is assumed quantized with the
 // global scheme (bits-16 overrides and ignore_layers only lower the real
-// figure), nsamples samples of seqlen tokens each. It is an estimate, not a
-// guarantee: kernels may pick workspaces this model does not see.
+// figure), nsamples samples of seqlen tokens each. Not counted: the
+// allocator cache left by the eager warm-up iterations before a CUDA graph
+// capture (reclaimable), NCCL buffers, the ColQwen3 projection head (small),
+// kernel workspaces. It is an estimate, not a guarantee.
 //
 // All functions are pure and thread-safe. Sizes are bytes.
 
@@ -54,7 +61,8 @@ struct ModelShape {
   int64_t num_heads = 0;
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;    // hidden_size / num_heads when absent
-  int64_t vocab_size = 0;  // 0 when absent (not needed for the estimate)
+  // 0 when absent: the evaluation estimate then leaves out the embedding.
+  int64_t vocab_size = 0;
   bool qk_norm = false;    // qwen3, qwen3_vl, colqwen3
   bool attention_bias = false;  // q/k/v biases (qwen2 always)
   bool tie_word_embeddings = false;
@@ -98,6 +106,12 @@ struct EstimateOptions {
   // Whether the decoder block uses scaled-dot-product attention (no
   // [B,heads,T,T] scores kept). The engine does so on CUDA only.
   bool fused_attention_on_cuda = true;
+  // Whether the CUDA build has the fused QDQ kernels (worker/engine/
+  // fused_qdq.h): no fp32 STE intermediates and no fp32 grouped weight copy.
+  bool fused_kernels_on_cuda = true;
+  // GPUs of a data-parallel job (`--gpus`): the micro-batch is split
+  // across them; the estimate is the peak of GPU 0. 1 on the CPU.
+  int gpus = 1;
 };
 
 // Every term in bytes. Phase totals add the terms they hold; total_bytes =
@@ -107,8 +121,11 @@ struct MemoryEstimate {
   std::string device;
   std::string compute_dtype;  // "float32", "bfloat16", "float16"
   bool fused_attention = false;
+  bool fused_kernels = false;
   bool low_memory = false;
-  int64_t samples = 0, seqlen = 0, micro_batch = 0, forward_chunk = 0;
+  int gpus = 1;
+  int64_t samples = 0, seqlen = 0, forward_chunk = 0;
+  int64_t micro_batch = 0;  // samples of one backward on GPU 0
   int64_t quantized_elements = 0;  // weight elements of one block's Linears
 
   int64_t context_bytes = 0;
@@ -121,7 +138,7 @@ struct MemoryEstimate {
   int64_t tunables_bytes = 0;       // v + min/max scales, fp32
   int64_t gradients_bytes = 0;      // their .grad, fp32
   int64_t best_copy_bytes = 0;      // best-so-far copies, fp32
-  int64_t grouped_copy_bytes = 0;   // fp32 grouped weights (CPU only)
+  int64_t grouped_copy_bytes = 0;   // group min/max (+ fp32 grouped copy)
   int64_t qdq_weights_bytes = 0;    // QDQ weights [out,in], compute dtype
   int64_t qdq_saved_bytes = 0;      // fp32 STE intermediates kept for backward
   int64_t qdq_transient_bytes = 0;  // temporaries of the largest Linear
@@ -129,6 +146,7 @@ struct MemoryEstimate {
   int64_t activations_transient_bytes = 0;  // at the backward peak
   int64_t forward_transient_bytes = 0;      // one no-grad forward chunk
   int64_t evaluation_chain_bytes = 0;       // one eval [E,T,H] chain
+  int64_t resident_model_bytes = 0;  // evaluation: the whole text model
 
   int64_t tuning_bytes = 0;
   int64_t block_forward_bytes = 0;

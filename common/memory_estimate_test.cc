@@ -40,6 +40,8 @@ ModelShape SmallLlama() {
   m.num_heads = 4;
   m.num_kv_heads = 2;
   m.head_dim = 16;
+  m.vocab_size = 100;
+  m.tie_word_embeddings = true;
   m.torch_dtype = "bfloat16";
   return m;
 }
@@ -115,24 +117,29 @@ TEST(MemoryEstimateTest, SmallModelOnCpuMatchesHandCount) {
                                  98304 + 64 * 4776 + 64 * 2048);
   EXPECT_EQ(e->tuning_bytes, 1886464);
   EXPECT_EQ(e->block_forward_bytes, 147968 + 5 * 32768 + 2560 +
-                                        2 * 156672 + 156672 + 147456 +
+                                        156672 + 156672 + 147456 +
                                         64 * 2816);
-  // Evaluation: 4 samples; max(3 chains, hidden + two fp32 copies) =
-  // 4*16*64*12 = 49152, plus a chunk forward.
+  // Evaluation: the resident model 4*(2 blocks * 36992 + tied embedding
+  // 100*64 + final norm 64) = 321792; 4 samples, max(3 chains, hidden +
+  // two fp32 copies) = 4*16*64*12 = 49152; masks; a chunk forward.
+  EXPECT_EQ(e->resident_model_bytes, 321792);
   EXPECT_EQ(e->evaluation_chain_bytes, 16384);
-  EXPECT_EQ(e->evaluation_bytes, 147968 + 49152 + 2560 + 64 * 2816);
+  EXPECT_EQ(e->evaluation_bytes, 321792 + 49152 + 2560 + 64 * 2816);
   EXPECT_EQ(e->peak_phase, "tuning");
   EXPECT_EQ(e->total_bytes, 1886464);
 }
 
-TEST(MemoryEstimateTest, CudaAddsContextAndSlackAndDropsGroupedCopy) {
+TEST(MemoryEstimateTest, CudaAddsContextAndSlackAndUsesFusedPaths) {
   EstimateOptions o;  // cuda
   auto e = EstimatePeakMemory(SmallLlama(), SmallInputs(), o);
   ASSERT_TRUE(e.ok()) << e.status();
   EXPECT_EQ(e->compute_dtype, "bfloat16");  // torch_dtype under "auto"
   EXPECT_TRUE(e->fused_attention);
+  EXPECT_TRUE(e->fused_kernels);
   EXPECT_EQ(e->context_bytes, 600 << 20);
   EXPECT_EQ(e->grouped_copy_bytes, 8 * 1152);  // wmin/wmax only
+  EXPECT_EQ(e->qdq_saved_bytes, 0);
+  EXPECT_EQ(e->qdq_transient_bytes, 0);
   EXPECT_EQ(e->chain_bytes, 8 * 16 * 64 * 2);
   EXPECT_EQ(e->qdq_weights_bytes, 2 * 36864);
   // Fused attention per token: q,k,v,out (2*64 + 2*32)*2 + lse 4*4 + mask
@@ -147,15 +154,43 @@ TEST(MemoryEstimateTest, CudaAddsContextAndSlackAndDropsGroupedCopy) {
   EXPECT_EQ(e->total_bytes, e->context_bytes + peak + e->slack_bytes);
 }
 
-TEST(MemoryEstimateTest, LowMemoryKeepsOnlyTuningCopiesOnDevice) {
+TEST(MemoryEstimateTest, CudaWithoutFusedKernelsKeepsTorchQdqState) {
+  EstimateOptions o;
+  o.fused_kernels_on_cuda = false;
+  auto e = EstimatePeakMemory(SmallLlama(), SmallInputs(), o);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(e->grouped_copy_bytes, 8 * 1152 + 4 * 36864);
+  EXPECT_EQ(e->qdq_saved_bytes, 8 * 36864);
+  EXPECT_EQ(e->qdq_transient_bytes, 12 * 8192);
+}
+
+TEST(MemoryEstimateTest, LowMemoryKeepsChainsOnTheHost) {
   auto normal = EstimatePeakMemory(SmallLlama(), SmallInputs());
   auto low = EstimatePeakMemory(SmallLlama(), SmallInputs(),
                                 LowMemory());
   ASSERT_TRUE(normal.ok() && low.ok());
-  EXPECT_EQ(low->chains_tuning, 2);
+  EXPECT_EQ(low->chains_tuning, 0);
   EXPECT_EQ(low->chains_forward, 0);
   EXPECT_EQ(low->forward_chunk, 1);
+  EXPECT_EQ(normal->tuning_bytes - low->tuning_bytes,
+            3 * normal->chain_bytes);
   EXPECT_LT(low->total_bytes, normal->total_bytes);
+}
+
+TEST(MemoryEstimateTest, SeveralGpusSplitTheMicroBatch) {
+  EstimateOptions o;
+  o.gpus = 2;
+  auto one = EstimatePeakMemory(SmallLlama(), SmallInputs());
+  auto two = EstimatePeakMemory(SmallLlama(), SmallInputs(), o);
+  ASSERT_TRUE(one.ok() && two.ok());
+  EXPECT_EQ(one->micro_batch, 4);
+  EXPECT_EQ(two->micro_batch, 2);
+  EXPECT_EQ(two->activations_saved_bytes * 2, one->activations_saved_bytes);
+  EXPECT_FALSE(EstimatePeakMemory(SmallLlama(), SmallInputs(), [] {
+                 EstimateOptions c = Cpu();
+                 c.gpus = 2;
+                 return c;
+               }()).ok());
 }
 
 TEST(MemoryEstimateTest, RoundToNearestKeepsNoAutogradState) {
@@ -200,10 +235,10 @@ TEST(MemoryEstimateTest, RejectsBadInputsNamingTheField) {
 }
 
 // Sanity for the ColQwen3-4B text shape. The bench measured 7.2 GB (a) and
-// 27.7 GB (b) with the old code (eager attention, fp32 grouped copies) on a
-// 3-block model; the current engine keeps less, the estimate must too, and
-// it must still cover what is certainly resident: the chains and the
-// quantizer state.
+// 27.7 GB (b) with the old code (eager attention, fp32 grouped copies,
+// libtorch QDQ) on a 3-block model; the current engine keeps less, the
+// estimate must too, and it must still cover what is certainly resident:
+// the chains and the quantizer state.
 TEST(MemoryEstimateTest, ColQwen3ConfigsAreBelowOldMeasuredPeaks) {
   EstimateInputs a;  // W4 g128 asym, 256 x 512, bs 1
   a.nsamples = 256;
@@ -214,8 +249,10 @@ TEST(MemoryEstimateTest, ColQwen3ConfigsAreBelowOldMeasuredPeaks) {
   b.nsamples = 128;
   b.seqlen = 2048;
   b.batch_size = 8;
-  auto ea = EstimatePeakMemory(ColQwen3Text(), a);
-  auto eb = EstimatePeakMemory(ColQwen3Text(), b);
+  ModelShape three = ColQwen3Text();
+  three.num_layers = 3;
+  auto ea = EstimatePeakMemory(three, a);
+  auto eb = EstimatePeakMemory(three, b);
   ASSERT_TRUE(ea.ok() && eb.ok());
   std::printf("ColQwen3 (a): %s\nColQwen3 (b): %s\n",
               ea->ToJson().dump().c_str(), eb->ToJson().dump().c_str());
@@ -231,11 +268,22 @@ TEST(MemoryEstimateTest, ColQwen3ConfigsAreBelowOldMeasuredPeaks) {
   EXPECT_LT(eb->total_bytes, 27.7 * gb);
   EXPECT_LT(ea->total_bytes, eb->total_bytes);
   // The eager path on the same GPU costs more for (b) (the T x T scores).
-  auto eager = EstimatePeakMemory(ColQwen3Text(), b,
-                                  EagerCuda());
+  auto eager = EstimatePeakMemory(three, b, EagerCuda());
   ASSERT_TRUE(eager.ok());
   EXPECT_GT(eager->activations_saved_bytes,
             eb->activations_saved_bytes + 4 * gb);
+
+  // The full 36 blocks: tuning is unchanged, but the evaluation keeps the
+  // whole bf16 text model (about 8 GB) on the device, which is the peak of
+  // config (a).
+  auto fa = EstimatePeakMemory(ColQwen3Text(), a);
+  ASSERT_TRUE(fa.ok());
+  std::printf("ColQwen3 36 blocks (a): %s\n", fa->ToJson().dump().c_str());
+  EXPECT_EQ(fa->tuning_bytes, ea->tuning_bytes);
+  EXPECT_EQ(fa->resident_model_bytes,
+            2 * (36 * (int64_t{100925440} + 2 * 2560 + 2 * 128) +
+                 int64_t{151936} * 2560 + 2560));
+  EXPECT_EQ(fa->peak_phase, "evaluation");
 }
 
 TEST(ModelShapeTest, ReadsColQwen3TextConfig) {

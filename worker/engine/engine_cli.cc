@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/files.h"
+#include "common/memory_estimate.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/generator.h"
 #include "worker/engine/inspect.h"
@@ -46,6 +47,9 @@ constexpr char kUsage[] =
     "           [--seed S] [--calib-samples N --calib-seqlen L]\n"
     "           [--max-shard-bytes B]\n"
     "      write a random-initialised checkpoint (tests, demos)\n"
+    "  estimate --model DIR --spec FILE [--device cuda|cpu] [--gpus N]\n"
+    "           [--low-memory]\n"
+    "      print the admission estimate of peak device memory (JSON)\n"
     "  agent ...\n"
     "      serve a coordinator (roundhouse-worker agent --help)\n";
 
@@ -328,6 +332,55 @@ int RunGenerate(int argc, char** argv) {
   return 0;
 }
 
+// `estimate`: common/memory_estimate.h on the model's config.json and the
+// spec as the engine resolves it (defaults, preset).
+int RunEstimate(int argc, char** argv) {
+  auto flags = Flags::Parse(argc, argv, 2,
+                            {"model", "spec", "device", "gpus", "low-memory"},
+                            {"low-memory"});
+  auto fail = [](absl::string_view message) {
+    std::cerr << "estimate: " << message << "\n";
+    return 2;
+  };
+  if (!flags.ok()) return fail(flags.status().message());
+  auto model = flags->Required("model");
+  auto spec_path = flags->Required("spec");
+  auto gpus = flags->Int("gpus", 1);
+  for (const absl::Status& s :
+       {model.status(), spec_path.status(), gpus.status()}) {
+    if (!s.ok()) return fail(s.message());
+  }
+  auto text = ReadFile(*spec_path);
+  if (!text.ok()) return fail(absl::StrCat("--spec: ", text.status().message()));
+  auto config = ParseJobConfigText(*text);
+  if (!config.ok()) {
+    return fail(absl::StrCat(*spec_path, ": ", config.status().message()));
+  }
+  auto shape = ReadModelShape(*model);
+  if (!shape.ok()) return fail(shape.status().message());
+  EstimateInputs in;
+  in.nsamples = config->nsamples;
+  in.seqlen = config->seqlen;
+  in.batch_size = config->tune.batch_size;
+  in.gradient_accumulate_steps = config->tune.gradient_accumulate_steps;
+  in.iters = config->tune.iters;
+  in.bits = config->global.bits;
+  in.group_size = config->global.group_size;
+  in.enable_minmax_tuning = config->tune.enable_minmax_tuning;
+  in.enable_quanted_input = config->tune.enable_quanted_input;
+  in.compute_dtype = config->compute_dtype;
+  in.evaluation_enabled = config->evaluation.enabled;
+  in.eval_samples = config->evaluation.eval_samples;
+  EstimateOptions options;
+  options.device = flags->Get("device", "cuda");
+  options.low_memory = flags->Bool("low-memory");
+  options.gpus = static_cast<int>(*gpus);
+  auto estimate = EstimatePeakMemory(*shape, in, options);
+  if (!estimate.ok()) return fail(estimate.status().message());
+  std::cout << estimate->ToJson().dump(2) << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int RunEngineCommand(int argc, char** argv) {
@@ -350,6 +403,7 @@ int RunEngineCommand(int argc, char** argv) {
     if (cmd == "quantize") return RunQuantize(argc, argv);
     if (cmd == "inspect") return RunInspect(argc, argv);
     if (cmd == "generate") return RunGenerate(argc, argv);
+    if (cmd == "estimate") return RunEstimate(argc, argv);
   } catch (const std::exception& e) {
     // Quantize converts libtorch errors itself; this catches the rest
     // (e.g. from generate / inspect) so no exception escapes main.

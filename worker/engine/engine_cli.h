@@ -20,6 +20,12 @@
 //            [--seed S] [--calib-samples N --calib-seqlen L]
 //            [--max-shard-bytes B]
 //       Writes a random-initialised checkpoint (engine::GenerateCheckpoint).
+//   estimate --model DIR --spec FILE [--device cuda|cpu] [--gpus N]
+//            [--low-memory]
+//       Prints the admission estimate of peak device memory per GPU
+//       (common/memory_estimate.h, MemoryEstimate::ToJson) for the model's
+//       config.json and the resolved spec; --device defaults to cuda. Exit
+//       2 with a message naming the flag/file/field on bad input.
 //   --help
 //
 // Flags are `--name value` or `--name=value`. Plain argv parsing (no absl
