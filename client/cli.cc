@@ -1,5 +1,6 @@
 #include "client/cli.h"
 
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <optional>
@@ -13,6 +14,7 @@
 #include "client/exit_codes.h"
 #include "client/format.h"
 #include "client/spec_merge.h"
+#include "client/upload.h"
 #include "common/files.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
@@ -41,6 +43,17 @@ Commands:
   cancel JOB [--json]          request cancellation
   inspect JOB [--json]         everything: spec, attempts, per-block losses,
                                artifact files (size, sha256), error
+  upload (--job JOB | --dir PATH) --repo ORG/NAME
+         [--endpoint URL] [--execute]
+                               check the artifact's deliverable folder
+                               (README.md, test_results.json,
+                               quantization_config.json, .gitattributes,
+                               manifest.json) and print the hub upload
+                               command (huggingface-cli upload ...);
+                               --endpoint: default https://huggingface.co
+                               (others are passed as HF_ENDPOINT);
+                               --execute: check the endpoint is reachable
+                               and huggingface-cli is on PATH, then run it
 
 Flags are `--name value` or `--name=value`. The spec file's keys are the
 JobSpec proto field names; flags override them; the coordinator validates.
@@ -51,11 +64,15 @@ Exit codes:
   1   local error
   2   usage error (bad flag or value, unreadable/invalid SPEC.json)
   3   coordinator unreachable or RPC error (shows the gRPC status and the
-      server's message, e.g. the invalid spec field)
+      server's message, e.g. the invalid spec field); for upload --execute
+      also: the hub endpoint is unreachable
   10  job FAILED
   11  job CANCELLED
   12  job DEADLINE_EXCEEDED
   13  job FAILED_QUALITY (artifact kept, quality gate failed)
+upload: 1 when the folder is not a complete deliverable, is not on this
+machine, or huggingface-cli is not on PATH; with --execute, the uploader's
+own exit code.
 )";
 }
 
@@ -430,7 +447,7 @@ class Cli {
     end_bar();
     const std::string outcome = FormatOutcome(last);
     if (last.state() == v1::JOB_STATE_SUCCEEDED && !json) {
-      out_ << outcome << "\n";
+      out_ << outcome << "\n" << FormatArtifactFiles(last);
     } else {
       err_ << outcome << "\n";
     }
@@ -544,6 +561,113 @@ class Cli {
     return kExitOk;
   }
 
+  int Upload(const std::vector<std::string>& raw) {
+    absl::StatusOr<Args> parsed = ParseArgs(raw, "upload",
+                                            {{"job", {true}},
+                                             {"dir", {true}},
+                                             {"repo", {true}},
+                                             {"endpoint", {true}},
+                                             {"execute", {}}});
+    if (!parsed.ok()) return Usage(parsed.status());
+    const Args& args = *parsed;
+    if (!args.positionals.empty()) {
+      return Usage(absl::InvalidArgumentError(absl::StrCat(
+          "upload takes no positional argument (got '", args.positionals[0],
+          "'); use --job JOB or --dir PATH")));
+    }
+    if (args.Has("job") == args.Has("dir")) {
+      return Usage(
+          absl::InvalidArgumentError("upload needs exactly one of --job JOB "
+                                     "or --dir PATH"));
+    }
+    if (!args.Has("repo")) {
+      return Usage(absl::InvalidArgumentError("upload needs --repo ORG/NAME"));
+    }
+    const std::string repo = args.Get("repo");
+    if (absl::Status s = ValidateRepoId(repo); !s.ok()) return Usage(s);
+    const std::string endpoint =
+        args.Has("endpoint") ? args.Get("endpoint") : kDefaultHubEndpoint;
+    if (absl::StatusOr<Endpoint> e = ParseEndpoint(endpoint); !e.ok()) {
+      return Usage(e.status());
+    }
+
+    std::string dir = args.Get("dir");
+    if (args.Has("job")) {
+      v1::GetJobRequest req;
+      req.set_job_id(args.Get("job"));
+      v1::Job job;
+      grpc::ClientContext ctx;
+      SetDeadline(&ctx);
+      grpc::Status s = stub_->GetJob(&ctx, req, &job);
+      if (!s.ok()) return RpcError("GetJob", s);
+      if (job.state() != v1::JOB_STATE_SUCCEEDED) {
+        err_ << "roundhouse: upload: job " << job.job_id() << " is "
+             << StateName(job.state());
+        if (job.state() == v1::JOB_STATE_FAILED_QUALITY) {
+          err_ << ": its artifact failed the quality gate; not publishing "
+                  "it\n";
+          return kExitFailedQuality;
+        }
+        err_ << "; only a SUCCEEDED job has a deliverable to upload\n";
+        return IsTerminal(job.state()) ? ExitCodeForState(job.state())
+                                       : kExitLocalError;
+      }
+      dir = job.artifact().directory();
+      if (dir.empty()) {
+        err_ << "roundhouse: upload: job " << job.job_id()
+             << " records no artifact directory\n";
+        return kExitLocalError;
+      }
+    }
+    if (absl::Status s = CheckDeliverable(dir); !s.ok()) {
+      err_ << "roundhouse: upload: " << s.message();
+      if (args.Has("job") && absl::IsNotFound(s)) {
+        err_ << " (the artifact lives on the worker's artifact root; run "
+                "this where it is mounted, or copy it and use --dir)";
+      }
+      err_ << "\n";
+      return kExitLocalError;
+    }
+    absl::StatusOr<std::string> abs_dir = RealPath(dir);
+    if (!abs_dir.ok()) {
+      err_ << "roundhouse: upload: " << abs_dir.status().message() << "\n";
+      return kExitLocalError;
+    }
+    absl::StatusOr<UploadPlan> plan = PlanUpload(*abs_dir, repo, endpoint);
+    if (!plan.ok()) return Usage(plan.status());
+    if (!args.Has("execute")) {
+      out_ << plan->command_line << "\n";
+      err_ << "(run it, or add --execute to have roundhouse run it)\n";
+      return kExitOk;
+    }
+    if (absl::Status s =
+            CheckEndpointReachable(endpoint, io_.hub_connect_timeout);
+        !s.ok()) {
+      err_ << "roundhouse: upload: " << s.message() << "\n";
+      return kExitRpc;
+    }
+    const char* path_env = std::getenv("PATH");
+    absl::StatusOr<std::string> program =
+        FindProgram(kUploaderProgram, path_env ? path_env : "");
+    if (!program.ok()) {
+      err_ << "roundhouse: upload: " << program.status().message() << "\n";
+      return kExitLocalError;
+    }
+    err_ << "running: " << plan->command_line << "\n";
+    out_.flush();
+    err_.flush();
+    absl::StatusOr<int> code = RunUpload(*program, *plan);
+    if (!code.ok()) {
+      err_ << "roundhouse: upload: " << code.status().message() << "\n";
+      return kExitLocalError;
+    }
+    if (*code != 0) {
+      err_ << "roundhouse: upload: " << kUploaderProgram << " exited with "
+           << *code << "\n";
+    }
+    return *code;
+  }
+
  private:
   const CliIo& io_;
   std::ostream& out_;
@@ -603,6 +727,7 @@ int RunCli(const std::vector<std::string>& args, const CliIo& io) {
   if (command == "inspect") return cli.Get(rest, /*inspect=*/true);
   if (command == "list") return cli.List(rest);
   if (command == "cancel") return cli.Cancel(rest);
+  if (command == "upload") return cli.Upload(rest);
   err << "roundhouse: unknown command '" << command
       << "'\n(see roundhouse --help)\n";
   return kExitUsage;

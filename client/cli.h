@@ -16,6 +16,8 @@
 //        [--all] [--json]
 //   cancel JOB [--json]
 //   inspect JOB [--json]
+//   upload (--job JOB | --dir PATH) --repo ORG/NAME [--endpoint URL]
+//          [--execute]                      (client/upload.h)
 //
 // Flags take `--name value` or `--name=value`, anywhere after the command.
 // The coordinator address is --coordinator, else $ROUNDHOUSE_COORDINATOR,
@@ -50,6 +52,8 @@ struct CliIo {
   // `watch` reconnects after UNAVAILABLE (e.g. a coordinator restart) for
   // this long before giving up with exit code 3.
   absl::Duration watch_reconnect_timeout = absl::Seconds(60);
+  // `upload --execute`: TCP connect timeout of the hub reachability check.
+  absl::Duration hub_connect_timeout = absl::Seconds(3);
 };
 
 // Runs one command; `args` excludes the program name. Returns the exit code

@@ -1,3 +1,9 @@
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <map>
 #include <memory>
@@ -13,6 +19,7 @@
 #include "client/exit_codes.h"
 #include "client/format.h"
 #include "client/spec_merge.h"
+#include "client/upload.h"
 #include "common/files.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -499,7 +506,12 @@ TEST_P(CliWaitTest, SubmitWaitExitsWithTheJobsState) {
             "job job-42 state=RUNNING stage=tuning block 1/2 "
             "loss 0.5->0.25 eta 3s");
   if (GetParam().state == v1::JOB_STATE_SUCCEEDED) {
-    EXPECT_EQ(lines.back(), "job job-42 SUCCEEDED: artifact /srv/a/job-42");
+    // The outcome, then the artifact's files and the upload hint.
+    ASSERT_EQ(lines.size(), 7u) << out_.str();
+    EXPECT_EQ(lines[4], "job job-42 SUCCEEDED: artifact /srv/a/job-42");
+    EXPECT_EQ(lines[5], "artifact:  /srv/a/job-42 (0 files, 0 B)");
+    EXPECT_EQ(lines[6],
+              "upload:    roundhouse upload --job job-42 --repo ORG/NAME");
   } else {
     EXPECT_NE(err_.str().find("INTERNAL: engine exited with signal 9"),
               std::string::npos)
@@ -600,6 +612,198 @@ TEST_F(CliTest, ListFollowsPagesWithAllAndSendsFilters) {
   json all = json::parse(out_.str());
   ASSERT_EQ(all["jobs"].size(), 2u);
   EXPECT_EQ(all["jobs"][1]["job_id"], "b");
+}
+
+// ---------------------------------------------------------------------------
+// upload
+// ---------------------------------------------------------------------------
+
+TEST(FormatTest, ArtifactFilesDeliverableFirstWithSizesAndUploadHint) {
+  v1::Job job;
+  job.set_job_id("j-1");
+  job.set_state(v1::JOB_STATE_SUCCEEDED);
+  v1::ArtifactManifest* a = job.mutable_artifact();
+  a->set_directory("/srv/a/j-1");
+  for (auto [path, size] : std::vector<std::pair<std::string, int64_t>>{
+           {".gitattributes", 200},
+           {"README.md", 4096},
+           {"config.json", 700},
+           {"model.safetensors", 3 << 20},
+           {"quantization_config.json", 300},
+           {"test_results.json", 2048}}) {
+    v1::ArtifactFile* f = a->add_files();
+    f->set_path(path);
+    f->set_size_bytes(size);
+  }
+  const std::string out = FormatArtifactFiles(job);
+  EXPECT_EQ(out.find("artifact:  /srv/a/j-1 (6 files, 3.0 MiB)\n"), 0u) << out;
+  const size_t readme = out.find("  README.md "),
+               tr = out.find("  test_results.json "),
+               qc = out.find("  quantization_config.json "),
+               ga = out.find("  .gitattributes "),
+               model = out.find("  model.safetensors ");
+  ASSERT_NE(model, std::string::npos) << out;
+  EXPECT_LT(readme, tr);
+  EXPECT_LT(tr, qc);
+  EXPECT_LT(qc, ga);
+  EXPECT_LT(ga, model);
+  EXPECT_NE(out.find("4.0 KiB"), std::string::npos);
+  EXPECT_NE(out.find("upload:    roundhouse upload --job j-1 --repo "
+                     "ORG/NAME\n"),
+            std::string::npos);
+  // `get` shows them; a job without an artifact shows nothing.
+  EXPECT_NE(FormatJobSummary(job).find("  README.md "), std::string::npos);
+  EXPECT_EQ(FormatArtifactFiles(v1::Job()), "");
+}
+
+class UploadCliTest : public CliTest {
+ protected:
+  void SetUp() override {
+    CliTest::SetUp();
+    art_ = JoinPath(dir_, "art");
+    ASSERT_TRUE(MakeDirs(art_).ok());
+    for (const char* f : {"README.md", "test_results.json", ".gitattributes",
+                          "quantization_config.json", "model.safetensors"}) {
+      ASSERT_TRUE(WriteFileAtomically(JoinPath(art_, f), "x").ok());
+    }
+    ASSERT_TRUE(
+        WriteFileAtomically(JoinPath(art_, "manifest.json"),
+                            R"({"formats":{"auto_round":{"directory":""}}})")
+            .ok());
+    const char* path = getenv("PATH");
+    saved_path_ = path ? path : "";
+  }
+  void TearDown() override {
+    setenv("PATH", saved_path_.c_str(), 1);
+    CliTest::TearDown();
+  }
+  std::string Command(const std::string& prefix = "") {
+    return absl::StrCat(prefix, "huggingface-cli upload a/b ", art_,
+                        " . --repo-type model\n");
+  }
+  // A fake huggingface-cli as the only program on PATH; exits `code`.
+  void FakeUploader(int code) {
+    const std::string bin = JoinPath(dir_, "bin");
+    const std::string exe = JoinPath(bin, "huggingface-cli");
+    ASSERT_TRUE(MakeDirs(bin).ok());
+    ASSERT_TRUE(
+        WriteFileAtomically(
+            exe, absl::StrCat("#!/bin/sh\necho \"$HF_ENDPOINT $*\" > ",
+                              JoinPath(dir_, "call"), "\nexit ", code, "\n"))
+            .ok());
+    ASSERT_EQ(chmod(exe.c_str(), 0755), 0);
+    setenv("PATH", bin.c_str(), 1);
+  }
+  std::string art_;
+  std::string saved_path_;
+};
+
+TEST_F(UploadCliTest, PrintsTheCommandForADirectoryOrAJob) {
+  EXPECT_EQ(Run({"upload", "--dir", art_, "--repo", "a/b"}), 0) << err_.str();
+  EXPECT_EQ(out_.str(), Command());
+  EXPECT_EQ(Run({"upload", "--dir", art_, "--repo", "a/b", "--endpoint",
+                 "http://127.0.0.1:8080"}),
+            0);
+  EXPECT_EQ(out_.str(), Command("HF_ENDPOINT=http://127.0.0.1:8080 "));
+
+  v1::Job job;
+  job.set_job_id("ok");
+  job.set_state(v1::JOB_STATE_SUCCEEDED);
+  job.mutable_artifact()->set_directory(art_);
+  service_.SetJob(job);
+  EXPECT_EQ(Run({"upload", "--job", "ok", "--repo", "a/b"}), 0) << err_.str();
+  EXPECT_EQ(out_.str(), Command());
+}
+
+TEST_F(UploadCliTest, RefusesJobsWithoutAGoodArtifact) {
+  v1::Job job;
+  job.set_job_id("bad");
+  job.set_state(v1::JOB_STATE_FAILED_QUALITY);
+  job.mutable_artifact()->set_directory(art_);
+  service_.SetJob(job);
+  EXPECT_EQ(Run({"upload", "--job", "bad", "--repo", "a/b"}),
+            kExitFailedQuality);
+  EXPECT_NE(err_.str().find("quality gate"), std::string::npos);
+  job.set_job_id("running");
+  job.set_state(v1::JOB_STATE_RUNNING);
+  service_.SetJob(job);
+  EXPECT_EQ(Run({"upload", "--job", "running", "--repo", "a/b"}),
+            kExitLocalError);
+  job.set_job_id("elsewhere");
+  job.set_state(v1::JOB_STATE_SUCCEEDED);
+  job.mutable_artifact()->set_directory(JoinPath(dir_, "not-here"));
+  service_.SetJob(job);
+  EXPECT_EQ(Run({"upload", "--job", "elsewhere", "--repo", "a/b"}),
+            kExitLocalError);
+  EXPECT_NE(err_.str().find("does not exist here"), std::string::npos);
+  EXPECT_EQ(Run({"upload", "--job", "nope", "--repo", "a/b"}), kExitRpc);
+}
+
+TEST_F(UploadCliTest, IncompleteFolderNamesTheMissingFile) {
+  ASSERT_TRUE(RemoveTree(JoinPath(art_, "README.md")).ok());
+  EXPECT_EQ(Run({"upload", "--dir", art_, "--repo", "a/b"}), kExitLocalError);
+  EXPECT_NE(err_.str().find("missing README.md"), std::string::npos)
+      << err_.str();
+  EXPECT_EQ(out_.str(), "");
+}
+
+TEST_F(UploadCliTest, UsageErrors) {
+  EXPECT_EQ(Run({"upload", "--dir", art_}), kExitUsage);
+  EXPECT_NE(err_.str().find("--repo ORG/NAME"), std::string::npos);
+  EXPECT_EQ(Run({"upload", "--repo", "a/b"}), kExitUsage);
+  EXPECT_EQ(Run({"upload", "--dir", art_, "--job", "x", "--repo", "a/b"}),
+            kExitUsage);
+  EXPECT_EQ(Run({"upload", "--dir", art_, "--repo", "nope"}), kExitUsage);
+  EXPECT_EQ(
+      Run({"upload", "--dir", art_, "--repo", "a/b", "--endpoint", "ftp://x"}),
+      kExitUsage);
+  EXPECT_NE(err_.str().find("--endpoint 'ftp://x'"), std::string::npos);
+}
+
+TEST_F(UploadCliTest, ExecuteChecksTheEndpointThenTheProgramThenRunsIt) {
+  // Unreachable endpoint: exit 3 naming it; the uploader is never looked up.
+  EXPECT_EQ(Run({"upload", "--dir", art_, "--repo", "a/b", "--execute",
+                 "--endpoint", "http://127.0.0.1:1"}),
+            kExitRpc);
+  EXPECT_NE(err_.str().find("hub endpoint http://127.0.0.1:1"),
+            std::string::npos)
+      << err_.str();
+
+  // A reachable endpoint: a loopback listener.
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(fd, 4), 0);
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const std::string endpoint =
+      absl::StrCat("http://127.0.0.1:", ntohs(addr.sin_port));
+
+  setenv("PATH", JoinPath(dir_, "empty").c_str(), 1);
+  EXPECT_EQ(Run({"upload", "--dir", art_, "--repo", "a/b", "--execute",
+                 "--endpoint", endpoint}),
+            kExitLocalError);
+  EXPECT_NE(err_.str().find("'huggingface-cli' is not on PATH"),
+            std::string::npos)
+      << err_.str();
+
+  FakeUploader(0);
+  EXPECT_EQ(Run({"upload", "--dir", art_, "--repo", "a/b", "--execute",
+                 "--endpoint", endpoint}),
+            0)
+      << err_.str();
+  auto call = ReadFile(JoinPath(dir_, "call"));
+  ASSERT_TRUE(call.ok());
+  EXPECT_EQ(*call, absl::StrCat(endpoint, " upload a/b ", art_,
+                                " . --repo-type model\n"));
+  FakeUploader(5);
+  EXPECT_EQ(Run({"upload", "--dir", art_, "--repo", "a/b", "--execute",
+                 "--endpoint", endpoint}),
+            5);
+  EXPECT_NE(err_.str().find("exited with 5"), std::string::npos);
+  close(fd);
 }
 
 }  // namespace

@@ -15,6 +15,13 @@
 //   11  the job was CANCELLED
 //   12  the job's deadline passed (DEADLINE_EXCEEDED)
 //   13  the artifact failed the quality gate (FAILED_QUALITY)
+//
+// `roundhouse upload` (client/upload.h) uses the same table: 2 for bad
+// flags (--repo, --endpoint), 3 when the coordinator or, with --execute,
+// the hub endpoint cannot be reached, 1 when the folder is not a complete
+// deliverable, is not on this machine, or huggingface-cli is not on PATH,
+// 13 for a FAILED_QUALITY job; with --execute it then exits with the
+// uploader's own exit code.
 
 #include "roundhouse/v1/roundhouse.pb.h"
 

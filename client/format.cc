@@ -181,7 +181,21 @@ std::string FormatJobTable(const std::vector<v1::Job>& jobs) {
   return out;
 }
 
-std::string FormatJobSummary(const v1::Job& job) {
+namespace {
+
+// Deliverable files first (what a publisher looks for), then the rest.
+int DeliverableRank(const std::string& path) {
+  static const char* const kOrder[] = {"README.md", "test_results.json",
+                                       "quantization_config.json",
+                                       ".gitattributes"};
+  const std::string base = path.substr(path.find_last_of('/') + 1);
+  for (int i = 0; i < 4; ++i) {
+    if (base == kOrder[i]) return i;
+  }
+  return 4;
+}
+
+std::string FormatJobHeader(const v1::Job& job) {
   std::string out;
   absl::StrAppend(&out, "job:       ", job.job_id(), "\n");
   absl::StrAppend(&out, "state:     ", StateName(job.state()),
@@ -204,8 +218,42 @@ std::string FormatJobSummary(const v1::Job& job) {
   return out;
 }
 
+}  // namespace
+
+std::string FormatArtifactFiles(const v1::Job& job) {
+  const v1::ArtifactManifest& a = job.artifact();
+  if (a.directory().empty() && a.files_size() == 0) return "";
+  std::vector<const v1::ArtifactFile*> files;
+  int64_t total = 0;
+  for (const v1::ArtifactFile& f : a.files()) {
+    files.push_back(&f);
+    total += f.size_bytes();
+  }
+  std::stable_sort(files.begin(), files.end(),
+                   [](const v1::ArtifactFile* x, const v1::ArtifactFile* y) {
+                     return DeliverableRank(x->path()) <
+                            DeliverableRank(y->path());
+                   });
+  std::string out =
+      absl::StrCat("artifact:  ", a.directory(), " (", a.files_size(),
+                   " files, ", FormatBytes(total), ")\n");
+  for (const v1::ArtifactFile* f : files) {
+    absl::StrAppend(&out, absl::StrFormat("  %-40s %10s\n", f->path(),
+                                          FormatBytes(f->size_bytes())));
+  }
+  if (job.state() == v1::JOB_STATE_SUCCEEDED) {
+    absl::StrAppend(&out, "upload:    roundhouse upload --job ", job.job_id(),
+                    " --repo ORG/NAME\n");
+  }
+  return out;
+}
+
+std::string FormatJobSummary(const v1::Job& job) {
+  return absl::StrCat(FormatJobHeader(job), FormatArtifactFiles(job));
+}
+
 std::string FormatInspect(const v1::Job& job) {
-  std::string out = FormatJobSummary(job);
+  std::string out = FormatJobHeader(job);
   absl::StrAppend(
       &out, "started:   ", FormatTimestamp(job.started_unix_seconds()), "\n");
   absl::StrAppend(

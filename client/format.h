@@ -54,9 +54,20 @@ std::string FormatOutcome(const roundhouse::v1::Job& job);
 // columns padded to the widest cell.
 std::string FormatJobTable(const std::vector<roundhouse::v1::Job>& jobs);
 
-// The human `get` summary (a few lines) and the full `inspect` report: spec
-// JSON, attempts, progress, per-block losses, artifact files with sizes and
-// sha256, error.
+// The artifact's files for `get` and the end of `watch`: the directory, one
+// line per file (path, size; the deliverable files first: README.md,
+// test_results.json, quantization_config.json, .gitattributes, then the
+// rest in the manifest's order), the total, and the upload command. Empty
+// when the job has no artifact.
+//   artifact:  /srv/artifacts/j-1 (9 files, 1.2 MiB)
+//     README.md                                 4.1 KiB
+//     ...
+//   upload:    roundhouse upload --job j-1 --repo ORG/NAME
+std::string FormatArtifactFiles(const roundhouse::v1::Job& job);
+
+// The human `get` summary (a few lines, then FormatArtifactFiles) and the
+// full `inspect` report: spec JSON, attempts, progress, per-block losses,
+// artifact files with sizes and sha256, error.
 std::string FormatJobSummary(const roundhouse::v1::Job& job);
 std::string FormatInspect(const roundhouse::v1::Job& job);
 
