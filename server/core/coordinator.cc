@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/files.h"
+#include "common/memory_estimate.h"
 #include "common/status_macros.h"
 
 namespace roundhouse::server {
@@ -58,6 +59,37 @@ void FillEta(roundhouse::v1::Progress* p) {
 }
 
 }  // namespace
+
+absl::StatusOr<int64_t> EstimateJobMemory(const roundhouse::v1::JobSpec& spec,
+                                          const std::string& model_path) {
+  ASSIGN_OR_RETURN(ModelShape shape, ReadModelShape(model_path));
+  // The engine's defaults (proto comments; job_config.h), including what
+  // the colpali_train_set preset sets when the scheme leaves it open.
+  const auto& sc = spec.scheme();
+  const bool colpali = spec.calibration().preset() == "colpali_train_set";
+  EstimateInputs in;
+  in.nsamples = sc.has_nsamples() ? sc.nsamples() : (colpali ? 256 : 128);
+  in.seqlen = sc.has_seqlen() ? sc.seqlen() : (colpali ? 512 : 2048);
+  in.batch_size = sc.has_batch_size() ? sc.batch_size() : 8;
+  in.gradient_accumulate_steps =
+      sc.has_gradient_accumulate_steps() ? sc.gradient_accumulate_steps() : 1;
+  in.iters = sc.has_iters() ? sc.iters() : 200;
+  in.bits = sc.has_bits() ? sc.bits() : 4;
+  in.group_size = sc.has_group_size() ? sc.group_size() : 128;
+  in.enable_minmax_tuning =
+      sc.has_enable_minmax_tuning() ? sc.enable_minmax_tuning() : true;
+  in.enable_quanted_input =
+      sc.has_enable_quanted_input() ? sc.enable_quanted_input() : true;
+  in.compute_dtype = sc.has_compute_dtype() ? sc.compute_dtype() : "auto";
+  const auto& ev = spec.evaluation();
+  in.evaluation_enabled = ev.has_enabled() ? ev.enabled() : true;
+  in.eval_samples = ev.has_eval_samples() ? ev.eval_samples() : 16;
+  EstimateOptions options;
+  options.device = "cuda";
+  options.gpus = std::max(1, spec.resources().gpu_count());
+  ASSIGN_OR_RETURN(MemoryEstimate e, EstimatePeakMemory(shape, in, options));
+  return e.total_bytes;
+}
 
 bool IsTerminal(JobState s) {
   return s == roundhouse::v1::JOB_STATE_SUCCEEDED ||
@@ -256,6 +288,20 @@ absl::StatusOr<SubmitResult> Coordinator::SubmitJob(
   }
   ASSIGN_OR_RETURN(ValidatedSpec valid,
                    ValidateSpec(options_.models, std::move(spec)));
+  // Admission estimate (outside the lock: it reads config.json). A model
+  // the coordinator cannot read is no reason to refuse the job: it runs
+  // with no memory requirement and the job says why.
+  int64_t estimate = 0;
+  std::string estimate_note;
+  if (valid.spec.resources().device() == "cuda" &&
+      valid.spec.resources().min_memory_bytes() == 0) {
+    absl::StatusOr<int64_t> e = EstimateJobMemory(valid.spec, valid.model_path);
+    if (e.ok()) {
+      estimate = *e;
+    } else {
+      estimate_note = absl::StrCat("no memory estimate: ", e.status().message());
+    }
+  }
 
   std::shared_ptr<WriteTicket> ticket;
   SubmitResult result;
@@ -286,6 +332,8 @@ absl::StatusOr<SubmitResult> Coordinator::SubmitJob(
       job.set_state(roundhouse::v1::JOB_STATE_QUEUED);
       job.set_created_unix_seconds(ToUnix(now));
       job.set_idempotency_key(request.idempotency_key());
+      job.set_estimated_memory_bytes(estimate);
+      job.set_memory_estimate_note(estimate_note);
       job.mutable_progress()->set_stage("queued");
       job.mutable_progress()->set_eta_seconds(-1);
       e->stored.model_path = valid.model_path;
@@ -337,6 +385,12 @@ absl::StatusOr<SubmitResult> Coordinator::SubmitJob(
   lock.Release();  // log outside the lock
   Log("accepted %s (priority %d, model %s)", job_id,
       result.job.spec().priority(), valid.model_path);
+  if (estimate > 0) {
+    Log("%s: estimated peak device memory %d bytes per GPU", job_id,
+        static_cast<long long>(estimate));
+  } else if (!estimate_note.empty()) {
+    Log("%s: %s", job_id, estimate_note);
+  }
   return result;
 }
 
@@ -484,25 +538,43 @@ Coordinator::RegisterWorker(
 }
 
 bool Coordinator::FitsLocked(const JobEntry& e, const WorkerEntry& w,
-                             int64_t free_memory) const {
+                             const WorkerCapacity& capacity) const {
   const auto& res = e.stored.job.spec().resources();
   const std::string& device = w.stored.info.device();
   if (res.device() == "cuda" && device != "cuda") return false;
   if (res.device() == "cpu" && device != "cpu") return false;
-  if (res.min_memory_bytes() > free_memory) return false;
+  // An explicit requirement wins over the estimate.
+  const int64_t need_memory = res.min_memory_bytes() > 0
+                                  ? res.min_memory_bytes()
+                                  : e.stored.job.estimated_memory_bytes();
+  if (need_memory > capacity.free_memory_bytes) return false;
   if (device == "cuda" || res.device() == "cuda") {
-    int need = std::max(1, res.gpu_count());
-    if (need > std::max(1, w.stored.info.gpu_count())) return false;
+    const int need = std::max(1, res.gpu_count());
+    if (need > capacity.free_gpus) return false;
   }
   return true;
 }
 
-Coordinator::JobEntry* Coordinator::PickLocked(const WorkerEntry& w,
-                                               int64_t free_memory) {
+Coordinator::JobEntry* Coordinator::PickLocked(
+    const WorkerEntry& w, const WorkerCapacity& capacity) {
   for (const QueueKey& k : queue_) {
-    if (FitsLocked(*k.entry, w, free_memory)) return k.entry;
+    if (FitsLocked(*k.entry, w, capacity)) return k.entry;
   }
   return nullptr;
+}
+
+Coordinator::WorkerCapacity Coordinator::CapacityOf(
+    const WorkerEntry& w, const roundhouse::v1::LeaseJobRequest& request) {
+  WorkerCapacity c;
+  c.free_memory_bytes = request.free_memory_bytes() > 0
+                            ? request.free_memory_bytes()
+                            : w.stored.info.memory_bytes();
+  // Agents that run one job at a time do not report free GPUs: all of the
+  // registered ones are free when they ask. A cuda worker counts at least 1.
+  c.free_gpus = request.has_free_gpu_count()
+                    ? request.free_gpu_count()
+                    : std::max(1, w.stored.info.gpu_count());
+  return c;
 }
 
 absl::StatusOr<roundhouse::v1::LeaseJobResponse> Coordinator::LeaseJob(
@@ -527,20 +599,16 @@ absl::StatusOr<roundhouse::v1::LeaseJobResponse> Coordinator::LeaseJob(
       }
       if (shutting_down_) return response;
       w->second.last_heartbeat = options_.clock->Now();
-      int64_t free_memory = request.free_memory_bytes() > 0
-                                ? request.free_memory_bytes()
-                                : w->second.stored.info.memory_bytes();
-      if (!w->second.draining) e = PickLocked(w->second, free_memory);
+      if (!w->second.draining) {
+        e = PickLocked(w->second, CapacityOf(w->second, request));
+      }
       if (e != nullptr) break;
       if (queue_cv_.WaitWithDeadline(&mu_, real_deadline)) {
         // Timed out; one last look so a job that arrived with the timeout
         // is not missed.
         auto w2 = workers_.find(request.worker_id());
         if (w2 != workers_.end() && !w2->second.draining && !shutting_down_) {
-          e = PickLocked(w2->second,
-                         request.free_memory_bytes() > 0
-                             ? request.free_memory_bytes()
-                             : w2->second.stored.info.memory_bytes());
+          e = PickLocked(w2->second, CapacityOf(w2->second, request));
         }
         if (e == nullptr) return response;
         break;

@@ -23,6 +23,15 @@
 //   (WORKER_LOST, not charged to max_retries, capped by
 //   max_uncounted_retries), or cancels it if a cancel was pending.
 // - Terminal states are final.
+// - Placement and admission: a queued job goes to the first leasing worker
+//   (in queue order) whose device matches, whose free GPUs (LeaseJobRequest
+//   .free_gpu_count, else its registered gpu_count) cover gpu_count, and
+//   whose free memory (per GPU on cuda) covers the job's requirement:
+//   resources.min_memory_bytes, or for cuda jobs with 0 there the admission
+//   estimate computed at submit from the model's config.json
+//   (Job.estimated_memory_bytes, persisted). A job that fits no worker
+//   stays QUEUED; a job whose config.json the coordinator cannot read gets
+//   no estimate (0, reason in Job.memory_estimate_note).
 //
 // Thread safety: all public methods are thread-safe. LeaseJob blocks (real
 // time) up to the requested wait. Tick() is driven by an internal thread every
@@ -208,9 +217,18 @@ class Coordinator {
   QueueKey KeyOf(JobEntry* e) const;
   void EnqueueLocked(JobEntry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DequeueLocked(JobEntry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What a leasing worker offers now (LeaseJobRequest, or its registration
+  // where the request leaves a field unset).
+  struct WorkerCapacity {
+    int64_t free_memory_bytes = 0;  // per GPU on cuda
+    int free_gpus = 0;
+  };
+  static WorkerCapacity CapacityOf(
+      const WorkerEntry& w, const roundhouse::v1::LeaseJobRequest& request);
   bool FitsLocked(const JobEntry& e, const WorkerEntry& w,
-                  int64_t free_memory) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  JobEntry* PickLocked(const WorkerEntry& w, int64_t free_memory)
+                  const WorkerCapacity& capacity) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  JobEntry* PickLocked(const WorkerEntry& w, const WorkerCapacity& capacity)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<JobEntry*> FenceLocked(const roundhouse::v1::LeaseRef& ref)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -256,6 +274,13 @@ class Coordinator {
 };
 
 bool IsTerminal(roundhouse::v1::JobState state);
+
+// The admission estimate of peak device memory per GPU (bytes) of a cuda
+// job whose model directory is `model_path`: common/memory_estimate.h with
+// the spec's scheme and the engine's defaults, resources.gpu_count GPUs.
+// Errors (config.json unreadable or invalid) name the file. Thread-safe.
+absl::StatusOr<int64_t> EstimateJobMemory(const roundhouse::v1::JobSpec& spec,
+                                          const std::string& model_path);
 
 }  // namespace roundhouse::server
 

@@ -7,6 +7,8 @@
 #include <thread>
 #include <vector>
 
+#include <sqlite3.h>
+
 #include "absl/strings/str_cat.h"
 #include "common/files.h"
 #include "gtest/gtest.h"
@@ -73,13 +75,25 @@ class CoordinatorTest : public ::testing::Test {
                         "}");
   }
   void Register(const std::string& id, const std::string& device = "cuda",
-                int64_t memory = 80LL << 30) {
+                int64_t memory = 80LL << 30, int gpus = -1) {
     roundhouse::v1::RegisterWorkerRequest r;
     r.set_worker_id(id);
     r.set_device(device);
     r.set_memory_bytes(memory);
-    r.set_gpu_count(device == "cuda" ? 1 : 0);
+    r.set_gpu_count(gpus >= 0 ? gpus : device == "cuda" ? 1 : 0);
     ASSERT_TRUE(coord_->RegisterWorker(r).ok());
+  }
+  // A lease request of an agent that reports its free GPUs.
+  roundhouse::v1::Lease LeaseGpus(const std::string& worker, int free_gpus,
+                                  int64_t free = 0) {
+    roundhouse::v1::LeaseJobRequest r;
+    r.set_worker_id(worker);
+    r.set_wait_seconds(0);
+    r.set_free_memory_bytes(free);
+    r.set_free_gpu_count(free_gpus);
+    auto resp = coord_->LeaseJob(r);
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    return resp.ok() ? resp->lease() : roundhouse::v1::Lease();
   }
   roundhouse::v1::Lease Lease(const std::string& worker, int64_t free = 0) {
     roundhouse::v1::LeaseJobRequest r;
@@ -218,6 +232,37 @@ TEST_F(CoordinatorTest, ResourceFit) {
   EXPECT_EQ(Lease("gpu-w", 10LL << 30).job_id(), cuda.job_id());
   EXPECT_EQ(Lease("gpu-w", 10LL << 30).job_id(), "");
   EXPECT_EQ(Lease("gpu-w", 50LL << 30).job_id(), big.job_id());
+}
+
+TEST_F(CoordinatorTest, GpuCountPlacement) {
+  Register("g2", "cuda", 80LL << 30, /*gpus=*/2);
+  Job two = Submit(Spec(90, ",\"resources\":{\"device\":\"cuda\","
+                            "\"gpu_count\":2}"));
+  Job a = Submit(Spec(50, ",\"resources\":{\"device\":\"cuda\"}"));
+  Job b = Submit(Spec(40, ",\"resources\":{\"device\":\"cuda\"}"));
+  // One GPU free: the 2-GPU job (first in the queue) is skipped.
+  EXPECT_EQ(LeaseGpus("g2", 1).job_id(), a.job_id());
+  EXPECT_EQ(LeaseGpus("g2", 0).job_id(), "");
+  EXPECT_EQ(StateOf(two.job_id()), roundhouse::v1::JOB_STATE_QUEUED);
+  // Both GPUs free again: the 2-GPU job runs.
+  EXPECT_EQ(LeaseGpus("g2", 2).job_id(), two.job_id());
+  EXPECT_EQ(LeaseGpus("g2", 0).job_id(), "");
+  EXPECT_EQ(LeaseGpus("g2", 1).job_id(), b.job_id());
+}
+
+TEST_F(CoordinatorTest, TwoSingleGpuJobsShareATwoGpuWorker) {
+  Register("g2", "cuda", 80LL << 30, /*gpus=*/2);
+  Job a = Submit(Spec(50, ",\"resources\":{\"device\":\"cuda\"}"));
+  Job b = Submit(Spec(40, ",\"resources\":{\"device\":\"cuda\"}"));
+  EXPECT_EQ(LeaseGpus("g2", 2).job_id(), a.job_id());
+  EXPECT_EQ(LeaseGpus("g2", 1).job_id(), b.job_id());
+  EXPECT_EQ(StateOf(a.job_id()), roundhouse::v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(StateOf(b.job_id()), roundhouse::v1::JOB_STATE_RUNNING);
+  // A request without free_gpu_count (one-job agents) means all registered
+  // GPUs are free.
+  Job c = Submit(Spec(30, ",\"resources\":{\"device\":\"cuda\","
+                          "\"gpu_count\":2}"));
+  EXPECT_EQ(Lease("g2").job_id(), c.job_id());
 }
 
 TEST_F(CoordinatorTest, UnregisteredWorkerCannotLease) {
@@ -541,6 +586,105 @@ TEST_F(CoordinatorTest, StatsCountQueueAndWorkers) {
   clock_.Advance(absl::Seconds(16));
   s = coord_->GetStats();
   EXPECT_EQ(s.workers_lost, 2);
+}
+
+// A cuda job without min_memory_bytes gets the admission estimate from the
+// model's config.json; placement compares it with the worker's free memory.
+TEST_F(CoordinatorTest, MemoryEstimateIsStoredAndUsedForPlacement) {
+  ASSERT_TRUE(MakeDirs(root_ + "/big").ok());
+  std::ofstream(root_ + "/big/config.json")
+      << R"({"model_type":"llama","hidden_size":2048,
+             "intermediate_size":8192,"num_hidden_layers":4,
+             "num_attention_heads":16,"num_key_value_heads":4,
+             "vocab_size":32000,"torch_dtype":"bfloat16"})";
+  std::ofstream(root_ + "/big/calib.jsonl") << "{\"text\":\"x\"}\n";
+  Register("gpu", "cuda", 80LL << 30);
+  const std::string spec =
+      R"({"model":"big","priority":50,"resources":{"device":"cuda"},
+          "scheme":{"nsamples":64,"seqlen":1024,"batch_size":4}})";
+  Job j = Submit(spec);
+  auto expected = EstimateJobMemory(j.spec(), root_ + "/big");
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  EXPECT_GT(*expected, int64_t{1} << 30);
+  EXPECT_EQ(j.estimated_memory_bytes(), *expected);
+  EXPECT_EQ(j.memory_estimate_note(), "");
+  // Persisted.
+  Open();
+  EXPECT_EQ(coord_->GetJob(j.job_id())->estimated_memory_bytes(), *expected);
+  Register("gpu", "cuda", 80LL << 30);
+  // Too little free memory: the job stays queued.
+  EXPECT_EQ(Lease("gpu", *expected - 1).job_id(), "");
+  EXPECT_EQ(StateOf(j.job_id()), roundhouse::v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(Lease("gpu", *expected).job_id(), j.job_id());
+}
+
+TEST_F(CoordinatorTest, NoEstimateWithoutReadableConfigOrForCpuJobs) {
+  // Model "m" has an empty config.json: no estimate, and why.
+  Job cuda = Submit(Spec(50, ",\"resources\":{\"device\":\"cuda\"}"));
+  EXPECT_EQ(cuda.estimated_memory_bytes(), 0);
+  EXPECT_NE(cuda.memory_estimate_note().find("config.json"),
+            std::string::npos)
+      << cuda.memory_estimate_note();
+  Job cpu = Submit(Spec(50, ",\"resources\":{\"device\":\"cpu\"}"));
+  EXPECT_EQ(cpu.estimated_memory_bytes(), 0);
+  EXPECT_EQ(cpu.memory_estimate_note(), "");
+  // An explicit requirement is used as is.
+  Job given = Submit(Spec(50, ",\"resources\":{\"device\":\"cuda\","
+                              "\"min_memory_bytes\":\"1000\"}"));
+  EXPECT_EQ(given.estimated_memory_bytes(), 0);
+  EXPECT_EQ(given.memory_estimate_note(), "");
+}
+
+// A database written before the estimate columns existed is migrated at
+// Open and keeps its jobs.
+TEST(JobStoreTest, AddsEstimateColumnsToAnOldDatabase) {
+  char tmpl[] = "/tmp/rh_store_test_XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string path = std::string(tmpl) + "/old.sqlite";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, R"sql(
+CREATE TABLE jobs (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL UNIQUE,
+  idempotency_key TEXT UNIQUE, state INTEGER NOT NULL,
+  priority INTEGER NOT NULL, created_unix_seconds REAL NOT NULL,
+  started_unix_seconds REAL NOT NULL DEFAULT 0,
+  finished_unix_seconds REAL NOT NULL DEFAULT 0,
+  attempt INTEGER NOT NULL DEFAULT 0, lease_epoch INTEGER NOT NULL DEFAULT 0,
+  worker_id TEXT NOT NULL DEFAULT '',
+  retries_counted INTEGER NOT NULL DEFAULT 0,
+  uncounted_retries INTEGER NOT NULL DEFAULT 0,
+  cancel_requested INTEGER NOT NULL DEFAULT 0,
+  low_memory INTEGER NOT NULL DEFAULT 0,
+  low_memory_retry_used INTEGER NOT NULL DEFAULT 0,
+  model_path TEXT NOT NULL, labels BLOB, spec BLOB NOT NULL, progress BLOB,
+  error BLOB, artifact BLOB);
+INSERT INTO jobs (job_id, state, priority, created_unix_seconds, model_path,
+  spec) VALUES ('job-old', 1, 50, 1.0, '/m', x'');
+)sql",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  {
+    auto store = JobStore::Open(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto jobs = (*store)->LoadJobs();
+    ASSERT_TRUE(jobs.ok()) << jobs.status();
+    ASSERT_EQ(jobs->size(), 1u);
+    EXPECT_EQ((*jobs)[0].job.estimated_memory_bytes(), 0);
+    StoredJob j = (*jobs)[0];
+    j.job.set_estimated_memory_bytes(12345);
+    j.job.set_memory_estimate_note("note");
+    ASSERT_TRUE((*store)->UpdateJob(j)->Wait().ok());
+  }
+  auto store = JobStore::Open(path);  // already migrated: opens again
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto jobs = (*store)->LoadJobs();
+  ASSERT_TRUE(jobs.ok());
+  EXPECT_EQ((*jobs)[0].job.estimated_memory_bytes(), 12345);
+  EXPECT_EQ((*jobs)[0].job.memory_estimate_note(), "note");
+  store->reset();
+  RemoveTree(tmpl).IgnoreError();
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <sqlite3.h>
 
+#include <set>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -36,7 +38,9 @@ CREATE TABLE IF NOT EXISTS jobs (
   spec BLOB NOT NULL,
   progress BLOB,
   error BLOB,
-  artifact BLOB
+  artifact BLOB,
+  estimated_memory_bytes INTEGER NOT NULL DEFAULT 0,
+  memory_estimate_note TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS workers (
@@ -51,9 +55,10 @@ INSERT INTO jobs (job_id, idempotency_key, state, priority,
   created_unix_seconds, started_unix_seconds, finished_unix_seconds, attempt,
   lease_epoch, worker_id, retries_counted, uncounted_retries,
   cancel_requested, low_memory, low_memory_retry_used, model_path, labels,
-  spec, progress, error, artifact)
+  spec, progress, error, artifact, estimated_memory_bytes,
+  memory_estimate_note)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-  ?16, ?17, ?18, ?19, ?20, ?21))sql";
+  ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23))sql";
 
 constexpr char kUpdateJob[] = R"sql(
 UPDATE jobs SET idempotency_key = ?2, state = ?3, priority = ?4,
@@ -62,7 +67,7 @@ UPDATE jobs SET idempotency_key = ?2, state = ?3, priority = ?4,
   worker_id = ?10, retries_counted = ?11, uncounted_retries = ?12,
   cancel_requested = ?13, low_memory = ?14, low_memory_retry_used = ?15,
   model_path = ?16, labels = ?17, spec = ?18, progress = ?19, error = ?20,
-  artifact = ?21
+  artifact = ?21, estimated_memory_bytes = ?22, memory_estimate_note = ?23
 WHERE job_id = ?1)sql";
 
 constexpr char kUpsertWorker[] =
@@ -74,8 +79,15 @@ SELECT job_id, idempotency_key, state, priority, created_unix_seconds,
   started_unix_seconds, finished_unix_seconds, attempt, lease_epoch,
   worker_id, retries_counted, uncounted_retries, cancel_requested,
   low_memory, low_memory_retry_used, model_path, labels, spec, progress,
-  error, artifact
+  error, artifact, estimated_memory_bytes, memory_estimate_note
 FROM jobs ORDER BY seq)sql";
+
+// Columns added after the first release, with their definitions: a database
+// created before gets them by ALTER TABLE at Open.
+constexpr std::pair<const char*, const char*> kAddedJobColumns[] = {
+    {"estimated_memory_bytes", "INTEGER NOT NULL DEFAULT 0"},
+    {"memory_estimate_note", "TEXT NOT NULL DEFAULT ''"},
+};
 
 // RAII for prepared statements.
 class Statement {
@@ -147,6 +159,33 @@ void BindJob(sqlite3_stmt* s, const StoredJob& sj) {
   BindBlob(s, 19, j.progress().SerializeAsString());
   BindBlob(s, 20, j.error().SerializeAsString());
   BindBlob(s, 21, j.artifact().SerializeAsString());
+  sqlite3_bind_int64(s, 22, j.estimated_memory_bytes());
+  BindText(s, 23, j.memory_estimate_note());
+}
+
+// Adds the kAddedJobColumns a database created by an older build lacks.
+absl::Status MigrateJobColumns(sqlite3* db) {
+  std::set<std::string> have;
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db, "PRAGMA table_info(jobs)", -1, &s, nullptr) !=
+      SQLITE_OK) {
+    return absl::InternalError(
+        absl::StrCat("PRAGMA table_info(jobs): ", sqlite3_errmsg(db)));
+  }
+  while (sqlite3_step(s) == SQLITE_ROW) have.insert(ColumnText(s, 1));
+  sqlite3_finalize(s);
+  for (const auto& [name, definition] : kAddedJobColumns) {
+    if (have.count(name)) continue;
+    const std::string sql =
+        absl::StrCat("ALTER TABLE jobs ADD COLUMN ", name, " ", definition);
+    char* err = nullptr;
+    if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+      std::string msg = err ? err : "unknown error";
+      sqlite3_free(err);
+      return absl::InternalError(absl::StrCat(sql, ": ", msg));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -181,6 +220,11 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
       return absl::InternalError(
           absl::StrCat("cannot initialise database ", path, ": ", msg));
     }
+  }
+  if (absl::Status s = MigrateJobColumns(db); !s.ok()) {
+    sqlite3_close(db);
+    return absl::InternalError(absl::StrCat("cannot initialise database ",
+                                            path, ": ", s.message()));
   }
   return std::unique_ptr<JobStore>(new JobStore(db, path));
 }
@@ -221,6 +265,8 @@ absl::StatusOr<std::vector<StoredJob>> JobStore::LoadJobs() {
     sj.low_memory = sqlite3_column_int(s, 13) != 0;
     sj.low_memory_retry_used = sqlite3_column_int(s, 14) != 0;
     sj.model_path = ColumnText(s, 15);
+    j.set_estimated_memory_bytes(sqlite3_column_int64(s, 21));
+    j.set_memory_estimate_note(ColumnText(s, 22));
     if (!j.mutable_spec()->ParseFromString(ColumnBlob(s, 17)) ||
         !j.mutable_progress()->ParseFromString(ColumnBlob(s, 18)) ||
         !j.mutable_error()->ParseFromString(ColumnBlob(s, 19)) ||
