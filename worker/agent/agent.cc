@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
@@ -162,7 +163,73 @@ absl::Status Agent::ValidateOptions() const {
   if (options_.cancel_grace < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--cancel-grace-seconds must be >= 0");
   }
+  if (options_.max_concurrent_jobs < 0) {
+    return absl::InvalidArgumentError("--max-concurrent-jobs must be >= 0");
+  }
+  std::vector<int> ids = options_.gpu_ids;
+  std::sort(ids.begin(), ids.end());
+  if (std::adjacent_find(ids.begin(), ids.end()) != ids.end() ||
+      (!ids.empty() && ids.front() < 0)) {
+    return absl::InvalidArgumentError(
+        "--gpus must list distinct non-negative GPU indices");
+  }
+  if (!ids.empty() && options_.device != "cuda") {
+    return absl::InvalidArgumentError("--gpus needs --device cuda");
+  }
   return absl::OkStatus();
+}
+
+std::vector<int> Agent::GpuIds() const {
+  if (options_.device != "cuda") return {};
+  std::vector<int> ids = options_.gpu_ids;
+  if (ids.empty()) {
+    for (int i = 0; i < std::max(1, options_.gpu_count); ++i) ids.push_back(i);
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+int Agent::JobSlots() const {
+  if (options_.max_concurrent_jobs > 0) return options_.max_concurrent_jobs;
+  return options_.device == "cuda" ? static_cast<int>(GpuIds().size()) : 1;
+}
+
+v1::LeaseJobRequest Agent::MakeLeaseRequest() {
+  v1::LeaseJobRequest req;
+  req.set_worker_id(options_.worker_id);
+  req.set_wait_seconds(absl::ToDoubleSeconds(options_.lease_wait));
+  int64_t free_bytes = options_.memory_bytes;
+  if (options_.device == "cpu") {
+    // Jobs already running have taken their share of MemAvailable.
+    const int64_t avail = AvailableMemoryBytes();
+    if (avail > 0) free_bytes = std::min(free_bytes, avail);
+  } else {
+    std::vector<int> free_ids;
+    {
+      absl::MutexLock lock(&mu_);
+      free_ids = free_gpus_;
+    }
+    // A job may be given any of the free GPUs: offer the least free one.
+    const std::vector<GpuMemory> gpus = QueryGpuMemory();
+    int64_t least = -1;
+    for (int id : free_ids) {
+      if (id < 0 || id >= static_cast<int>(gpus.size())) continue;
+      const int64_t f = gpus[id].total_bytes - gpus[id].used_bytes;
+      least = least < 0 ? f : std::min(least, f);
+    }
+    if (least >= 0) free_bytes = least;
+    req.set_free_gpu_count(static_cast<int32_t>(free_ids.size()));
+  }
+  req.set_free_memory_bytes(free_bytes);
+  return req;
+}
+
+void Agent::UpdateJobMetricsLocked() {
+  if (metrics_ == nullptr) return;
+  double sum = 0;
+  for (ActiveJob* j : active_) sum += j->tracker.Snapshot().fraction();
+  metrics_->SetJobsRunning(static_cast<int>(active_.size()));
+  metrics_->SetJobProgress(active_.empty() ? 0 : sum / active_.size());
 }
 
 bool Agent::SleepUnlessDraining(absl::Duration d) {
@@ -194,7 +261,9 @@ absl::Status Agent::RegisterOnce() {
   req.set_worker_id(options_.worker_id);
   req.set_device(options_.device);
   req.set_memory_bytes(options_.memory_bytes);
-  req.set_gpu_count(options_.gpu_count);
+  req.set_gpu_count(options_.device == "cuda"
+                        ? static_cast<int32_t>(GpuIds().size())
+                        : options_.gpu_count);
   req.set_version(ROUNDHOUSE_VERSION);
   v1::RegisterWorkerResponse resp;
   grpc::ClientContext ctx;
@@ -253,22 +322,48 @@ absl::Status Agent::Run() {
   RETURN_IF_ERROR(MakeDirs(options_.artifact_root));
   if (!EnsureRegistered()) return absl::OkStatus();
 
+  const int slots = JobSlots();
+  const bool cuda = options_.device == "cuda";
+  {
+    absl::MutexLock lock(&mu_);
+    free_gpus_ = GpuIds();
+  }
+  if (slots > 1) {
+    Log("", absl::StrCat("running up to ", slots, " jobs at once",
+                         cuda ? absl::StrCat(" on ", GpuIds().size(), " GPUs")
+                              : ""));
+  }
+
   std::thread heartbeats([this] { HeartbeatLoop(); });
+  struct JobThread {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::vector<JobThread> jobs;
+  auto reap = [&jobs](bool all) {
+    for (auto it = jobs.begin(); it != jobs.end();) {
+      if (all || it->done->load()) {
+        it->thread.join();
+        it = jobs.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  };
   absl::Duration backoff = options_.backoff_initial;
   bool lease_failing = false;
   while (!draining_.load()) {
-    v1::LeaseJobRequest req;
-    req.set_worker_id(options_.worker_id);
-    req.set_wait_seconds(absl::ToDoubleSeconds(options_.lease_wait));
-    int64_t free_bytes = options_.memory_bytes;
-    if (options_.device == "cpu") {
-      const int64_t avail = AvailableMemoryBytes();
-      if (avail > 0) free_bytes = std::min(free_bytes, avail);
-    } else {
-      std::vector<GpuMemory> gpus = QueryGpuMemory();
-      if (!gpus.empty()) free_bytes = gpus[0].total_bytes - gpus[0].used_bytes;
+    reap(/*all=*/false);
+    {
+      // Lease only with a free slot (and on cuda a free GPU).
+      absl::MutexLock lock(&mu_);
+      while (!draining_.load() &&
+             (running_jobs_ >= slots || (cuda && free_gpus_.empty()))) {
+        cv_.Wait(&mu_);
+      }
     }
-    req.set_free_memory_bytes(free_bytes);
+    if (draining_.load()) break;
+    v1::LeaseJobRequest req = MakeLeaseRequest();
     v1::LeaseJobResponse resp;
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.lease_wait +
@@ -297,9 +392,55 @@ absl::Status Agent::Run() {
     lease_failing = false;
     backoff = options_.backoff_initial;
     if (!resp.has_lease()) continue;
-    RunJob(resp.lease());
+    std::vector<int> gpus;
+    if (cuda) {
+      const size_t need = static_cast<size_t>(
+          std::max(1, resp.lease().spec().resources().gpu_count()));
+      bool enough;
+      {
+        absl::MutexLock lock(&mu_);
+        enough = need <= free_gpus_.size();
+        if (enough) {
+          gpus.assign(free_gpus_.begin(), free_gpus_.begin() + need);
+          free_gpus_.erase(free_gpus_.begin(), free_gpus_.begin() + need);
+        }
+      }
+      if (!enough) {
+        // The coordinator matched on the free count this agent reported,
+        // so this is a coordinator that predates free_gpu_count: hand the
+        // job back without charging its retry budget.
+        v1::LeaseRef ref;
+        ref.set_job_id(resp.lease().job_id());
+        ref.set_attempt(resp.lease().attempt());
+        ref.set_lease_epoch(resp.lease().lease_epoch());
+        ref.set_worker_id(options_.worker_id);
+        ReportFailure(ref, v1::FAILURE_CLASS_PREEMPTED,
+                      absl::StrCat("the job needs ", need,
+                                   " GPUs; fewer are free on this worker"),
+                      0, v1::Progress());
+        continue;
+      }
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      ++running_jobs_;
+    }
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    jobs.push_back(
+        {std::thread([this, lease = resp.lease(), gpus, done] {
+           RunJob(lease, gpus);
+           absl::MutexLock lock(&mu_);
+           free_gpus_.insert(free_gpus_.end(), gpus.begin(), gpus.end());
+           std::sort(free_gpus_.begin(), free_gpus_.end());
+           --running_jobs_;
+           done->store(true);
+           cv_.SignalAll();
+         }),
+         done});
     if (options_.once) break;
   }
+  // A drain reaches every running engine through its job thread.
+  reap(/*all=*/true);
   {
     absl::MutexLock lock(&mu_);
     stop_heartbeats_ = true;
@@ -346,14 +487,13 @@ void Agent::SendHeartbeat() {
   v1::HeartbeatRequest req;
   req.set_worker_id(options_.worker_id);
   req.set_draining(draining_.load());
-  ActiveJob* job = nullptr;
-  v1::LeaseRef ref;
+  // Every running lease, in one request; actions come back in this order.
+  std::vector<std::pair<ActiveJob*, v1::LeaseRef>> sent;
   {
     absl::MutexLock lock(&mu_);
-    job = active_;
-    if (job != nullptr) {
-      ref = job->ref;
-      *req.add_leases() = ref;
+    for (ActiveJob* job : active_) {
+      sent.emplace_back(job, job->ref);
+      *req.add_leases() = job->ref;
       *req.add_progress() = job->tracker.Snapshot();
     }
   }
@@ -375,7 +515,8 @@ void Agent::SendHeartbeat() {
   grpc::Status g = stub_->Heartbeat(&ctx, req, &resp);
   if (!g.ok()) {
     if (metrics_ != nullptr) metrics_->RpcFailed("heartbeat");
-    Log(ref.job_id(), absl::StrCat("heartbeat failed (", GrpcError(g), ")"));
+    Log("", absl::StrCat("heartbeat for ", sent.size(), " job(s) failed (",
+                         GrpcError(g), ")"));
     if (g.error_code() == grpc::StatusCode::UNAVAILABLE ||
         g.error_code() == grpc::StatusCode::NOT_FOUND) {
       absl::MutexLock lock(&mu_);
@@ -383,19 +524,27 @@ void Agent::SendHeartbeat() {
     }
     return;
   }
-  if (job == nullptr || resp.actions_size() < 1) return;
-  const v1::LeaseAction action = resp.actions(0);
+  const size_t n = std::min(sent.size(),
+                             static_cast<size_t>(resp.actions_size()));
   absl::MutexLock lock(&mu_);
-  // The job may have ended (and another started) while the call was out.
-  if (active_ != job || active_->ref.job_id() != ref.job_id() ||
-      active_->ref.lease_epoch() != ref.lease_epoch()) {
-    return;
-  }
-  if (action == v1::LEASE_ACTION_CANCEL && !job->cancel.exchange(true)) {
-    Log(ref.job_id(), "cancel requested by the coordinator");
-  } else if (action == v1::LEASE_ACTION_ABANDON &&
-             !job->abandon.exchange(true)) {
-    Log(ref.job_id(), "lease abandoned by the coordinator; killing the engine");
+  for (size_t i = 0; i < n; ++i) {
+    ActiveJob* job = sent[i].first;
+    const v1::LeaseRef& ref = sent[i].second;
+    const v1::LeaseAction action = resp.actions(static_cast<int>(i));
+    // The job may have ended (and another started at the same address)
+    // while the call was out.
+    if (std::find(active_.begin(), active_.end(), job) == active_.end() ||
+        job->ref.job_id() != ref.job_id() ||
+        job->ref.lease_epoch() != ref.lease_epoch()) {
+      continue;
+    }
+    if (action == v1::LEASE_ACTION_CANCEL && !job->cancel.exchange(true)) {
+      Log(ref.job_id(), "cancel requested by the coordinator");
+    } else if (action == v1::LEASE_ACTION_ABANDON &&
+               !job->abandon.exchange(true)) {
+      Log(ref.job_id(),
+          "lease abandoned by the coordinator; killing the engine");
+    }
   }
 }
 
@@ -432,12 +581,10 @@ void Agent::ReaderLoop(int fd, ActiveJob* job) {
       Log(job->ref.job_id(), absl::StrCat("engine error (", ev->error_class,
                                           "): ", ev->error_message));
     }
-    if (metrics_ != nullptr) {
-      metrics_->SetJobProgress(job->tracker.Snapshot().fraction());
-    }
+    absl::MutexLock lock(&mu_);
+    UpdateJobMetricsLocked();
     if (ev->kind == EngineEvent::Kind::kBlock ||
         ev->kind == EngineEvent::Kind::kStage) {
-      absl::MutexLock lock(&mu_);
       heartbeat_requested_ = true;
       cv_.SignalAll();
     }
@@ -537,7 +684,7 @@ void Agent::ReportComplete(const v1::LeaseRef& ref,
   });
 }
 
-void Agent::RunJob(const v1::Lease& lease) {
+void Agent::RunJob(const v1::Lease& lease, const std::vector<int>& gpus) {
   ActiveJob job;
   job.ref.set_job_id(lease.job_id());
   job.ref.set_attempt(lease.attempt());
@@ -546,28 +693,23 @@ void Agent::RunJob(const v1::Lease& lease) {
   const std::string& id = lease.job_id();
   {
     absl::MutexLock lock(&mu_);
-    active_ = &job;
+    active_.push_back(&job);
+    UpdateJobMetricsLocked();
     heartbeat_requested_ = true;
     cv_.SignalAll();
   }
-  if (metrics_ != nullptr) {
-    metrics_->SetJobRunning(true);
-    metrics_->SetJobProgress(0);
-  }
   Log(id, absl::StrCat("leased attempt ", lease.attempt(), " epoch ",
-                       lease.lease_epoch(), " model ", lease.model_path()));
+                       lease.lease_epoch(), " model ", lease.model_path(),
+                       gpus.empty() ? ""
+                                    : absl::StrCat(" on GPU(s) ",
+                                                   absl::StrJoin(gpus, ","))));
   std::string outcome;
   auto finish = [&](const std::string& o) {
     outcome = o;
-    {
-      absl::MutexLock lock(&mu_);
-      active_ = nullptr;
-    }
-    if (metrics_ != nullptr) {
-      metrics_->JobFinished(outcome);
-      metrics_->SetJobRunning(false);
-      metrics_->SetJobProgress(0);
-    }
+    absl::MutexLock lock(&mu_);
+    active_.erase(std::find(active_.begin(), active_.end(), &job));
+    if (metrics_ != nullptr) metrics_->JobFinished(outcome);
+    UpdateJobMetricsLocked();
   };
 
   if (!IsSafePathComponent(id)) {
@@ -625,8 +767,17 @@ void Agent::RunJob(const v1::Lease& lease) {
     argv.push_back("--threads");
     argv.push_back(absl::StrCat(options_.threads));
   }
+  std::vector<std::pair<std::string, std::string>> env;
+  if (!gpus.empty()) {
+    // The engine numbers its devices 0..n-1 over exactly these GPUs.
+    env.emplace_back("CUDA_VISIBLE_DEVICES", absl::StrJoin(gpus, ","));
+    if (gpus.size() > 1) {
+      argv.push_back("--gpus");
+      argv.push_back(absl::StrCat(gpus.size()));
+    }
+  }
   absl::StatusOr<std::unique_ptr<ChildProcess>> spawned =
-      ChildProcess::Spawn(argv);
+      ChildProcess::Spawn(argv, env);
   if (!spawned.ok()) {
     ReportFailure(
         job.ref, v1::FAILURE_CLASS_INTERNAL,

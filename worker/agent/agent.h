@@ -15,9 +15,17 @@
 //   std::thread stopper([&] { WaitForSigterm(); agent.RequestDrain(); });
 //   absl::Status s = agent.Run();
 //
-// Threads: Run() spawns one heartbeat thread for its whole duration and one
-// stdout reader thread per job; the calling thread runs the lease loop and
-// owns the child process (it forks, signals and reaps it).
+// Several jobs at once: up to `max_concurrent_jobs` leases run side by side.
+// On cuda every job gets resources.gpu_count of the agent's GPUs for itself
+// (its engine sees only them through CUDA_VISIBLE_DEVICES), so a worker
+// with N GPUs runs one N-GPU job or up to N single-GPU jobs. Each LeaseJob
+// call reports the free GPU count and the least free memory among the free
+// GPUs; the agent leases only while a slot (and on cuda a GPU) is free.
+//
+// Threads: Run() spawns one heartbeat thread for its whole duration, and per
+// job one job thread (which forks, signals and reaps that job's engine) and
+// one stdout reader thread; the calling thread runs the lease loop. One
+// heartbeat carries every running lease.
 
 #include <atomic>
 #include <cstdint>
@@ -48,13 +56,21 @@ struct AgentOptions {
   std::string device = "cpu";
   // Device memory offered in RegisterWorker. Must be > 0.
   int64_t memory_bytes = 0;
-  // GPUs offered in RegisterWorker (0 for cpu).
+  // GPUs offered in RegisterWorker (0 for cpu). On cuda the agent schedules
+  // on GPU indices 0..gpu_count-1 unless `gpu_ids` is set.
   int32_t gpu_count = 0;
+  // cuda: the physical GPU indices (nvidia-smi numbering) jobs may use; the
+  // engine gets CUDA_VISIBLE_DEVICES=<its share of them>. Empty: 0..
+  // gpu_count-1. When set, it is what RegisterWorker reports as gpu_count.
+  std::vector<int> gpu_ids;
+  // Jobs run at once. 0 = automatic: one per GPU on cuda, 1 on cpu. On cuda
+  // a job also needs resources.gpu_count free GPUs.
+  int32_t max_concurrent_jobs = 0;
   // Program run as `<engine_binary> quantize ...`.
   std::string engine_binary = "/proc/self/exe";
   // Passed to the engine as --threads when > 0.
   int32_t threads = 0;
-  // Exit Run() after one leased job has been reported.
+  // Lease one job only; exit Run() after it has been reported.
   bool once = false;
   // On LEASE_ACTION_CANCEL: SIGTERM to the engine, SIGKILL after this.
   absl::Duration cancel_grace = absl::Seconds(10);
@@ -100,8 +116,8 @@ class Agent {
   // an error only for invalid options or an unusable work dir. Call once.
   absl::Status Run();
 
-  // Asks Run() to stop: the running job's engine gets SIGTERM (it stops at a
-  // block boundary, exit 4) and is reported as PREEMPTED, no new job is
+  // Asks Run() to stop: every running job's engine gets SIGTERM (it stops at
+  // a block boundary, exit 4) and is reported as PREEMPTED, no new job is
   // leased. Thread-safe; not async-signal-safe (call it from a signal-waiting
   // thread, not from a handler). Idempotent.
   void RequestDrain();
@@ -118,7 +134,15 @@ class Agent {
   // One RegisterWorker call unless already registered. Thread-safe.
   absl::Status RegisterOnce();
   bool SleepUnlessDraining(absl::Duration d);
-  void RunJob(const roundhouse::v1::Lease& lease);
+  // GPU indices the agent schedules on (cuda), slots for concurrent jobs.
+  std::vector<int> GpuIds() const;
+  int JobSlots() const;
+  // The next LeaseJob request: free memory and (cuda) free GPUs.
+  roundhouse::v1::LeaseJobRequest MakeLeaseRequest();
+  // Runs one leased job to its report; `gpus` are its GPU indices (cuda).
+  void RunJob(const roundhouse::v1::Lease& lease, const std::vector<int>& gpus);
+  // Publishes the running-job count and mean progress to the metrics.
+  void UpdateJobMetricsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void HeartbeatLoop();
   void SendHeartbeat();
   void ReaderLoop(int fd, ActiveJob* job);
@@ -147,7 +171,9 @@ class Agent {
   absl::Duration heartbeat_interval_ ABSL_GUARDED_BY(mu_);
   bool stop_heartbeats_ ABSL_GUARDED_BY(mu_) = false;
   bool heartbeat_requested_ ABSL_GUARDED_BY(mu_) = false;
-  ActiveJob* active_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::vector<ActiveJob*> active_ ABSL_GUARDED_BY(mu_);  // running jobs
+  int running_jobs_ ABSL_GUARDED_BY(mu_) = 0;  // job threads not yet done
+  std::vector<int> free_gpus_ ABSL_GUARDED_BY(mu_);  // cuda, sorted
 
   absl::Mutex register_mu_;  // serialises RegisterWorker calls
   bool ever_registered_ ABSL_GUARDED_BY(register_mu_) = false;

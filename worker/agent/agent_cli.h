@@ -12,8 +12,14 @@
 //                             jobs/<job_id>/checkpoint/ (resume state)
 //   --artifact-root DIR       required; artifacts land in <dir>/<job_id>
 //   --device cpu|cuda         device offered to the coordinator [cpu]
-//   --memory-bytes N          memory offered: 0 = physical RAM for cpu, total
-//                             memory of GPU 0 (nvidia-smi) for cuda [0]
+//   --memory-bytes N          memory offered (per GPU on cuda): 0 = physical
+//                             RAM for cpu, total memory of the first GPU
+//                             (nvidia-smi) for cuda [0]
+//   --gpus LIST               cuda: GPU indices jobs may use ("0,1,3"); each
+//                             engine gets CUDA_VISIBLE_DEVICES set to its
+//                             share [every GPU nvidia-smi lists]
+//   --max-concurrent-jobs N   jobs run at once; 0 = one per GPU on cuda, 1 on
+//                             cpu [0]
 //   --metrics-listen H:P      Prometheus /metrics endpoint; "" = off [""]
 //   --engine-binary PATH      program run as `PATH quantize ...` per job
 //                             [/proc/self/exe]
@@ -27,7 +33,7 @@
 // Exit status: 0 after a drain (SIGTERM/SIGINT) or after `--once`; 2 on a
 // usage error (message on stderr names the flag); 1 on any other error.
 //
-// Signals: the first SIGTERM or SIGINT drains (the running job's engine gets
+// Signals: the first SIGTERM or SIGINT drains (every running engine gets
 // SIGTERM, stops at a block boundary after checkpointing, the job is handed
 // back with FailJob(PREEMPTED), no further job is leased). The agent installs
 // its own signal handling; call RunAgentCommand at most once per process and

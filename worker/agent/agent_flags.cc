@@ -9,6 +9,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 
 namespace roundhouse::agent {
@@ -32,8 +33,13 @@ job stops at a block boundary after its checkpoint and is handed back.
   --work-dir DIR            required; jobs/<job_id>/spec.json, checkpoint/
   --artifact-root DIR       required; artifacts land in DIR/<job_id>
   --device cpu|cuda         [cpu]
-  --memory-bytes N          memory offered; 0 = physical RAM (cpu) or GPU 0's
-                            memory from nvidia-smi (cuda) [0]
+  --memory-bytes N          memory offered (per GPU on cuda); 0 = physical RAM
+                            (cpu) or the first GPU's memory from nvidia-smi
+                            (cuda) [0]
+  --gpus LIST               cuda: GPU indices jobs may use, e.g. 0,1,3
+                            [all GPUs nvidia-smi lists]
+  --max-concurrent-jobs N   jobs run at once; 0 = one per GPU (cuda), 1 (cpu)
+                            [0]; a cuda job also needs its gpu_count free GPUs
   --metrics-listen H:P      Prometheus /metrics endpoint, "" = off [""]
   --engine-binary PATH      [/proc/self/exe]
   --cancel-grace-seconds S  SIGTERM -> SIGKILL grace on cancel [10]
@@ -69,6 +75,32 @@ absl::StatusOr<AgentFlags> ParseAgentFlags(int argc, char** argv) {
        [&o](const std::string& v) {
          if (!absl::SimpleAtoi(v, &o.memory_bytes) || o.memory_bytes < 0) {
            return Bad("memory-bytes", "expected a non-negative integer");
+         }
+         return absl::OkStatus();
+       }},
+      {"max-concurrent-jobs",
+       [&o](const std::string& v) {
+         if (!absl::SimpleAtoi(v, &o.max_concurrent_jobs) ||
+             o.max_concurrent_jobs < 0) {
+           return Bad("max-concurrent-jobs", "expected a non-negative integer");
+         }
+         return absl::OkStatus();
+       }},
+      {"gpus",
+       [&o](const std::string& v) {
+         o.gpu_ids.clear();
+         for (absl::string_view part : absl::StrSplit(v, ',')) {
+           int id = -1;
+           if (!absl::SimpleAtoi(part, &id) || id < 0) {
+             return Bad("gpus", absl::StrCat("expected GPU indices like 0,1 "
+                                             "(got '", v, "')"));
+           }
+           for (int seen : o.gpu_ids) {
+             if (seen == id) {
+               return Bad("gpus", absl::StrCat("GPU ", id, " listed twice"));
+             }
+           }
+           o.gpu_ids.push_back(id);
          }
          return absl::OkStatus();
        }},
@@ -144,6 +176,9 @@ absl::StatusOr<AgentFlags> ParseAgentFlags(int argc, char** argv) {
                absl::StrCat("must be cpu or cuda, got '", o.device, "'"));
   }
   if (flags.coordinator.empty()) return Bad("coordinator", "must not be empty");
+  if (!o.gpu_ids.empty() && o.device != "cuda") {
+    return Bad("gpus", "needs --device cuda");
+  }
   o.coordinator = flags.coordinator;
   return flags;
 }
@@ -166,13 +201,23 @@ absl::Status ResolveAgentDefaults(AgentFlags* flags) {
     return absl::OkStatus();
   }
   std::vector<GpuMemory> gpus = QueryGpuMemory();
-  o.gpu_count = gpus.empty() ? 1 : static_cast<int32_t>(gpus.size());
+  if (!o.gpu_ids.empty()) {
+    o.gpu_count = static_cast<int32_t>(o.gpu_ids.size());
+    for (int id : o.gpu_ids) {
+      if (!gpus.empty() && id >= static_cast<int>(gpus.size())) {
+        return Bad("gpus", absl::StrCat("GPU ", id, " does not exist (",
+                                        gpus.size(), " listed by nvidia-smi)"));
+      }
+    }
+  } else {
+    o.gpu_count = gpus.empty() ? 1 : static_cast<int32_t>(gpus.size());
+  }
   if (o.memory_bytes == 0) {
     if (gpus.empty()) {
       return Bad("memory-bytes",
                  "nvidia-smi is unavailable; give the GPU memory in bytes");
     }
-    o.memory_bytes = gpus[0].total_bytes;
+    o.memory_bytes = gpus[o.gpu_ids.empty() ? 0 : o.gpu_ids[0]].total_bytes;
   }
   return absl::OkStatus();
 }

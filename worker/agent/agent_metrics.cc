@@ -77,13 +77,13 @@ AgentMetrics::AgentMetrics() : impl_(std::make_unique<Impl>()) {
   impl_->progress = &prometheus::BuildGauge()
                          .Name("roundhouse_worker_job_progress_ratio")
                          .Help(
-                             "Progress of the job running on this worker, "
-                             "0..1 (0 when idle).")
+                             "Mean progress of the jobs running on this "
+                             "worker, 0..1 (0 when idle).")
                          .Register(r)
                          .Add({});
   impl_->running = &prometheus::BuildGauge()
                         .Name("roundhouse_worker_jobs_running")
-                        .Help("Jobs running on this worker (0 or 1).")
+                        .Help("Jobs running on this worker.")
                         .Register(r)
                         .Add({});
   impl_->blocks = &prometheus::BuildCounter()
@@ -247,9 +247,7 @@ void AgentMetrics::Impl::Serve() {
 }
 
 void AgentMetrics::SetJobProgress(double ratio) { impl_->progress->Set(ratio); }
-void AgentMetrics::SetJobRunning(bool running) {
-  impl_->running->Set(running ? 1 : 0);
-}
+void AgentMetrics::SetJobsRunning(int count) { impl_->running->Set(count); }
 void AgentMetrics::BlockCompleted(double seconds) {
   impl_->blocks->Increment();
   impl_->block_seconds->Observe(seconds);
@@ -283,7 +281,7 @@ absl::Status AgentMetrics::StartExposer(const std::string& listen) {
       "--metrics-listen: built without ROUNDHOUSE_ENABLE_METRICS");
 }
 void AgentMetrics::SetJobProgress(double) {}
-void AgentMetrics::SetJobRunning(bool) {}
+void AgentMetrics::SetJobsRunning(int) {}
 void AgentMetrics::BlockCompleted(double) {}
 void AgentMetrics::JobFinished(absl::string_view) {}
 void AgentMetrics::CudaOom() {}

@@ -5,9 +5,9 @@
 // table). Labels never carry job ids or model names; each metric has a
 // bounded label set that is initialised to 0 at construction.
 //
-//   roundhouse_worker_job_progress_ratio          gauge, 0..1 of the running
-//                                                 job (0 when idle)
-//   roundhouse_worker_jobs_running                gauge, 0 or 1
+//   roundhouse_worker_job_progress_ratio          gauge, mean 0..1 of the
+//                                                 running jobs (0 when idle)
+//   roundhouse_worker_jobs_running                gauge, running jobs
 //   roundhouse_blocks_completed_total             counter
 //   roundhouse_block_tune_duration_seconds        histogram (engine-reported)
 //   roundhouse_worker_jobs_finished_total{outcome} counter; outcome in
@@ -46,7 +46,7 @@ class AgentMetrics {
   absl::Status StartExposer(const std::string& listen);
 
   void SetJobProgress(double ratio);
-  void SetJobRunning(bool running);
+  void SetJobsRunning(int count);
   void BlockCompleted(double seconds);
   // `outcome` must be one of the values listed above; others are ignored.
   void JobFinished(absl::string_view outcome);

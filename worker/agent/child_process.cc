@@ -21,7 +21,8 @@ std::string ChildExit::Describe() const {
 }
 
 absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
-    const std::vector<std::string>& argv) {
+    const std::vector<std::string>& argv,
+    const std::vector<std::pair<std::string, std::string>>& env) {
   if (argv.empty() || argv[0].empty()) {
     return absl::InvalidArgumentError("empty engine command line");
   }
@@ -32,6 +33,22 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
   for (const std::string& a : argv)
     c_argv.push_back(const_cast<char*>(a.c_str()));
   c_argv.push_back(nullptr);
+  // The environment: inherited entries not overridden, then the overrides.
+  std::vector<std::string> env_strings;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    const std::string entry(*e);
+    const std::string name = entry.substr(0, entry.find('='));
+    bool overridden = false;
+    for (const auto& [k, v] : env) overridden = overridden || k == name;
+    if (!overridden) env_strings.push_back(entry);
+  }
+  for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+  std::vector<char*> c_env;
+  c_env.reserve(env_strings.size() + 1);
+  for (const std::string& e : env_strings) {
+    c_env.push_back(const_cast<char*>(e.c_str()));
+  }
+  c_env.push_back(nullptr);
 
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
@@ -65,7 +82,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
     signal(SIGINT, SIG_DFL);
     dup2(devnull, STDIN_FILENO);
     dup2(pipe_fds[1], STDOUT_FILENO);
-    execv(c_argv[0], c_argv.data());
+    execve(c_argv[0], c_argv.data(), c_env.data());
     const char msg[] = "roundhouse-worker agent: cannot exec the engine\n";
     ssize_t ignored = write(STDERR_FILENO, msg, sizeof(msg) - 1);
     (void)ignored;

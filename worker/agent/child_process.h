@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -32,10 +33,13 @@ class ChildProcess {
   // stdout is a pipe readable through stdout_fd(); stdin is /dev/null;
   // stderr is inherited. The child gets a fresh process group, an empty
   // signal mask, default SIGPIPE/SIGTERM/SIGINT dispositions, and SIGKILL if
-  // the spawning thread dies (PR_SET_PDEATHSIG). An exec failure shows up as
-  // exit code 127 with a message on stderr.
+  // the spawning thread dies (PR_SET_PDEATHSIG). Its environment is the
+  // agent's with `env` applied on top (NAME -> value; e.g.
+  // CUDA_VISIBLE_DEVICES). An exec failure shows up as exit code 127 with a
+  // message on stderr.
   static absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(
-      const std::vector<std::string>& argv);
+      const std::vector<std::string>& argv,
+      const std::vector<std::pair<std::string, std::string>>& env = {});
 
   // Kills (SIGKILL) and reaps a child still running; closes the pipe.
   ~ChildProcess();
