@@ -55,9 +55,18 @@ class FakeCoordinator final : public v1::WorkerService::Service {
                         v1::LeaseJobResponse* resp) override {
     absl::MutexLock lock(&mu_);
     ++lease_calls_;
+    lease_requests_.push_back(*req);
+    // Like the real coordinator: a job needing more GPUs than the worker
+    // reports free is not handed out.
+    auto fits = [&] {
+      if (queue_.empty()) return false;
+      const int need =
+          std::max(1, queue_.front().spec().resources().gpu_count());
+      return !req->has_free_gpu_count() || need <= req->free_gpu_count();
+    };
     const absl::Time until =
         absl::Now() + absl::Seconds(std::min(req->wait_seconds(), 0.2));
-    while (queue_.empty() && absl::Now() < until) {
+    while (!fits() && absl::Now() < until) {
       cv_.WaitWithDeadline(&mu_, until);
     }
     if (forgotten_) {
@@ -65,7 +74,7 @@ class FakeCoordinator final : public v1::WorkerService::Service {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                           "worker is not registered: call RegisterWorker");
     }
-    if (!queue_.empty()) {
+    if (fits()) {
       *resp->mutable_lease() = queue_.front();
       queue_.pop_front();
     }
@@ -144,6 +153,10 @@ class FakeCoordinator final : public v1::WorkerService::Service {
     absl::MutexLock lock(&mu_);
     return heartbeats_;
   }
+  std::vector<v1::LeaseJobRequest> lease_requests() {
+    absl::MutexLock lock(&mu_);
+    return lease_requests_;
+  }
   int registrations() {
     absl::MutexLock lock(&mu_);
     return static_cast<int>(registrations_.size());
@@ -160,6 +173,7 @@ class FakeCoordinator final : public v1::WorkerService::Service {
   std::map<std::string, v1::LeaseAction> actions_;
   std::vector<v1::RegisterWorkerRequest> registrations_;
   std::vector<v1::HeartbeatRequest> heartbeats_;
+  std::vector<v1::LeaseJobRequest> lease_requests_;
   std::vector<v1::CompleteJobRequest> completes_;
   std::vector<v1::FailJobRequest> fails_;
   int lease_calls_ = 0;
@@ -939,6 +953,171 @@ TEST(AgentFlagsTest, DefaultsAndErrors) {
   EXPECT_NE(parse({"agent", "--work-dir"}).message().find("missing value"),
             std::string::npos);
   EXPECT_TRUE(parse({"agent", "--help"}).ok());
+}
+
+// An engine that records its CUDA_VISIBLE_DEVICES and argv under its job id,
+// then waits until `want` engines have started before it finishes: jobs
+// that do not run at the same time time out (exit 1).
+std::string BarrierEngine(int want) {
+  return absl::StrCat(R"(
+JOB=$(basename "$OUT")
+echo "${CUDA_VISIBLE_DEVICES-unset}" > "$TESTDIR/cvd-$JOB"
+tr '\0' ' ' < /proc/$$/cmdline > "$TESTDIR/argv-$JOB"
+touch "$TESTDIR/started-$JOB"
+echo '{"event":"stage","stage":"tuning"}'
+i=0
+while [ $i -lt 500 ]; do
+  n=$(ls "$TESTDIR" | grep -c '^started-')
+  [ "$n" -ge )",
+                      want, R"( ] && break
+  sleep 0.01
+  i=$((i+1))
+done
+[ "$n" -ge )",
+                      want, R"( ] || exit 1
+sleep 0.3
+)",
+                      kWriteArtifact, "exit 0\n");
+}
+
+TEST_F(AgentTest, RunsSeveralJobsAtOnceWithOneHeartbeat) {
+  AgentOptions o = Options(WriteEngine(BarrierEngine(2)));
+  o.once = false;
+  o.max_concurrent_jobs = 2;
+  server_->service.Enqueue(MakeLease("job-a"));
+  server_->service.Enqueue(MakeLease("job-b"));
+  auto agent = MakeAgent(o);
+  absl::Status run_status;
+  std::thread runner([&] { run_status = agent->Run(); });
+  for (int i = 0; i < 500 && server_->service.completes().size() < 2; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  agent->RequestDrain();
+  runner.join();
+  EXPECT_TRUE(run_status.ok()) << run_status;
+  auto completes = server_->service.completes();
+  ASSERT_EQ(completes.size(), 2u);
+  EXPECT_TRUE(server_->service.fails().empty());
+  // Some heartbeat carried both leases, with a progress entry each.
+  bool both = false;
+  for (const v1::HeartbeatRequest& h : server_->service.heartbeats()) {
+    if (h.leases_size() == 2 && h.progress_size() == 2) both = true;
+  }
+  EXPECT_TRUE(both);
+  // The cpu agent reports no GPU count and sets no CUDA_VISIBLE_DEVICES.
+  for (const v1::LeaseJobRequest& r : server_->service.lease_requests()) {
+    EXPECT_FALSE(r.has_free_gpu_count());
+  }
+  auto cvd = ReadFile(JoinPath(dir_, "cvd-job-a"));
+  ASSERT_TRUE(cvd.ok());
+  EXPECT_EQ(absl::StripAsciiWhitespace(*cvd), "unset");
+}
+
+TEST_F(AgentTest, OneJobAtATimeByDefaultOnCpu) {
+  // With one slot the second engine cannot start while the first waits for
+  // it: the barrier of 2 times out, both jobs fail, one after the other.
+  AgentOptions o = Options(WriteEngine(BarrierEngine(2)));
+  o.once = false;
+  server_->service.Enqueue(MakeLease("job-a"));
+  server_->service.Enqueue(MakeLease("job-b"));
+  auto agent = MakeAgent(o);
+  absl::Status run_status;
+  std::thread runner([&] { run_status = agent->Run(); });
+  for (int i = 0; i < 1500 && server_->service.fails().size() +
+                                      server_->service.completes().size() <
+                                  2;
+       ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  agent->RequestDrain();
+  runner.join();
+  // The first job times out alone; the second then finds the first one's
+  // start marker and succeeds.
+  auto fails = server_->service.fails();
+  ASSERT_EQ(fails.size(), 1u);
+  EXPECT_EQ(fails[0].lease().job_id(), "job-a");
+  ASSERT_EQ(server_->service.completes().size(), 1u);
+  for (const v1::HeartbeatRequest& h : server_->service.heartbeats()) {
+    EXPECT_LE(h.leases_size(), 1);
+  }
+}
+
+TEST_F(AgentTest, GivesEachJobItsOwnGpus) {
+  AgentOptions o = Options(WriteEngine(BarrierEngine(2)));
+  o.once = false;
+  o.device = "cuda";
+  o.gpu_ids = {0, 1};  // automatic slots: one per GPU
+  v1::Lease a = MakeLease("job-a"), b = MakeLease("job-b");
+  v1::Lease both = MakeLease("job-both");
+  both.mutable_spec()->mutable_resources()->set_gpu_count(2);
+  server_->service.Enqueue(a);
+  server_->service.Enqueue(b);
+  server_->service.Enqueue(both);
+  auto agent = MakeAgent(o);
+  absl::Status run_status;
+  std::thread runner([&] { run_status = agent->Run(); });
+  for (int i = 0; i < 1000 && server_->service.completes().size() < 3; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  agent->RequestDrain();
+  runner.join();
+  EXPECT_TRUE(run_status.ok()) << run_status;
+  EXPECT_EQ(server_->service.completes().size(), 3u);
+  EXPECT_TRUE(server_->service.fails().empty());
+  EXPECT_EQ(server_->service.last_registration().gpu_count(), 2);
+  auto cvd = [&](const std::string& job) {
+    auto t = ReadFile(JoinPath(dir_, "cvd-" + job));
+    return t.ok() ? std::string(absl::StripAsciiWhitespace(*t)) : "missing";
+  };
+  EXPECT_EQ(cvd("job-a"), "0");
+  EXPECT_EQ(cvd("job-b"), "1");
+  EXPECT_EQ(cvd("job-both"), "0,1");
+  auto argv = ReadFile(JoinPath(dir_, "argv-job-both"));
+  ASSERT_TRUE(argv.ok());
+  EXPECT_NE(argv->find("--gpus 2"), std::string::npos) << *argv;
+  auto argv_a = ReadFile(JoinPath(dir_, "argv-job-a"));
+  ASSERT_TRUE(argv_a.ok());
+  EXPECT_EQ(argv_a->find("--gpus"), std::string::npos) << *argv_a;
+  // Every lease request reported the free GPUs; none was sent with none
+  // free, and the 2-GPU job was only handed out with both free.
+  const auto requests = server_->service.lease_requests();
+  ASSERT_FALSE(requests.empty());
+  for (const v1::LeaseJobRequest& r : requests) {
+    ASSERT_TRUE(r.has_free_gpu_count());
+    EXPECT_GE(r.free_gpu_count(), 1);
+    EXPECT_LE(r.free_gpu_count(), 2);
+  }
+}
+
+TEST(AgentFlagsTest, GpusAndConcurrency) {
+  std::vector<std::string> args = {"agent",          "--work-dir=/w",
+                                   "--artifact-root=/a", "--device=cuda",
+                                   "--gpus=0,2",     "--max-concurrent-jobs",
+                                   "3"};
+  auto argv = Argv(args);
+  auto f = ParseAgentFlags(static_cast<int>(argv.size()), argv.data());
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->options.gpu_ids, (std::vector<int>{0, 2}));
+  EXPECT_EQ(f->options.max_concurrent_jobs, 3);
+  auto parse = [](std::vector<std::string> a) {
+    auto v = Argv(a);
+    return ParseAgentFlags(static_cast<int>(v.size()), v.data()).status();
+  };
+  EXPECT_NE(parse({"agent", "--work-dir=/w", "--artifact-root=/a",
+                   "--device=cuda", "--gpus=0,0"})
+                .message()
+                .find("--gpus"),
+            std::string::npos);
+  EXPECT_NE(parse({"agent", "--work-dir=/w", "--artifact-root=/a",
+                   "--gpus=1"})
+                .message()
+                .find("--device cuda"),
+            std::string::npos);
+  EXPECT_NE(parse({"agent", "--work-dir=/w", "--artifact-root=/a",
+                   "--max-concurrent-jobs=-1"})
+                .message()
+                .find("--max-concurrent-jobs"),
+            std::string::npos);
 }
 
 }  // namespace
