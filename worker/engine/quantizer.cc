@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "worker/engine/fused_qdq.h"
 
 namespace roundhouse::engine {
 namespace {
@@ -56,13 +57,16 @@ LinearQuantizer::LinearQuantizer(torch::Tensor weight, QuantParams params,
               "LinearQuantizer: invalid quantization parameters");
   torch::NoGradGuard no_grad;
   layout_ = MakeGroupLayout(weight_.size(0), weight_.size(1), params_);
-  torch::Tensor w = weight_.to(torch::kFloat32);
+  // The range always contains 0 and is fixed for the whole tuning run. It
+  // is taken in the weight's own dtype (converting to fp32 is exact and
+  // monotonic, so the values are those of the fp32 padded copy) to avoid
+  // an fp32 copy of the weight the fused path never needs.
+  torch::Tensor w = weight_;
   const int64_t pad = layout_.padded_in() - layout_.in;
   if (pad > 0) w = torch::constant_pad_nd(w, {0, pad}, 0);
-  grouped_ = w.reshape({layout_.rows(), layout_.group}).contiguous();
-  // The range always contains 0 and is fixed for the whole tuning run.
-  wmin_ = std::get<0>(grouped_.min(1)).clamp_max(0);
-  wmax_ = std::get<0>(grouped_.max(1)).clamp_min(0);
+  w = w.reshape({layout_.rows(), layout_.group});
+  wmin_ = std::get<0>(w.min(1)).to(torch::kFloat32).clamp_max(0);
+  wmax_ = std::get<0>(w.max(1)).to(torch::kFloat32).clamp_min(0);
   auto opts =
       torch::TensorOptions().dtype(torch::kFloat32).device(weight_.device());
   v_ = torch::zeros({layout_.rows(), layout_.group}, opts)
@@ -92,8 +96,25 @@ absl::StatusOr<LinearQuantizer> LinearQuantizer::Create(
   }
 }
 
+torch::Tensor LinearQuantizer::BuildGrouped() const {
+  torch::NoGradGuard no_grad;
+  torch::Tensor w = weight_.to(torch::kFloat32);
+  const int64_t pad = layout_.padded_in() - layout_.in;
+  if (pad > 0) w = torch::constant_pad_nd(w, {0, pad}, 0);
+  return w.reshape({layout_.rows(), layout_.group}).contiguous();
+}
+
+bool LinearQuantizer::fused_active() const {
+  const auto dtype = weight_.scalar_type();
+  return fused_ && FusedQdqEnabledByEnv() && weight_.is_cuda() &&
+         weight_.is_contiguous() &&
+         (dtype == torch::kFloat32 || dtype == torch::kBFloat16 ||
+          dtype == torch::kFloat16);
+}
+
 LinearQuantizer::Parts LinearQuantizer::Compute(
-    const torch::Tensor& min_s, const torch::Tensor& max_s) const {
+    const torch::Tensor& grouped, const torch::Tensor& min_s,
+    const torch::Tensor& max_s) const {
   const float thr = ScaleThreshold();
   Parts parts;
   torch::Tensor lo = min_s.defined() ? wmin_ * min_s : wmin_;
@@ -106,7 +127,7 @@ LinearQuantizer::Parts LinearQuantizer::Compute(
     torch::Tensor s = (peak / m).to(torch::kFloat16).to(torch::kFloat32);
     s = torch::where(s < 0, s.clamp_max(-thr), s.clamp_min(thr));
     torch::Tensor s2 = s.unsqueeze(1);
-    torch::Tensor q = torch::clamp(RoundSte(grouped_ / s2 + v_), -m, m - 1);
+    torch::Tensor q = torch::clamp(RoundSte(grouped / s2 + v_), -m, m - 1);
     parts.qdq = s2 * q;
     parts.scale = s;
     parts.q = q + m;  // unsigned codes
@@ -119,7 +140,7 @@ LinearQuantizer::Parts LinearQuantizer::Compute(
     torch::Tensor s2 = s.unsqueeze(1);
     torch::Tensor z2 = z.unsqueeze(1);
     torch::Tensor q =
-        torch::clamp(RoundSte(grouped_ / s2 + v_) + z2, 0.0, qmax);
+        torch::clamp(RoundSte(grouped / s2 + v_) + z2, 0.0, qmax);
     parts.qdq = s2 * (q - z2);
     parts.scale = s;
     parts.zero = z;
@@ -129,12 +150,18 @@ LinearQuantizer::Parts LinearQuantizer::Compute(
 }
 
 torch::Tensor LinearQuantizer::QdqForward() {
+  if (fused_active()) {
+    // Clamps the scales in place inside the kernel.
+    return FusedQdq(weight_, v_, min_scale_, max_scale_, wmin_, wmax_,
+                    params_.bits, params_.sym);
+  }
+  if (!grouped_.defined()) grouped_ = BuildGrouped();
   if (enable_minmax_tuning_) {
     torch::NoGradGuard no_grad;
     min_scale_.clamp_(0.0, 1.0);
     max_scale_.clamp_(0.0, 1.0);
   }
-  Parts parts = Compute(min_scale_, max_scale_);
+  Parts parts = Compute(grouped_, min_scale_, max_scale_);
   return parts.qdq.reshape({layout_.out, layout_.padded_in()})
       .narrow(1, 0, layout_.in)
       .to(weight_.scalar_type());
@@ -147,7 +174,8 @@ QdqResult LinearQuantizer::Finalize() const {
     min_c = min_scale_.detach().clamp(0.0, 1.0);
     max_c = max_scale_.detach().clamp(0.0, 1.0);
   }
-  Parts parts = Compute(min_c, max_c);
+  Parts parts =
+      Compute(grouped_.defined() ? grouped_ : BuildGrouped(), min_c, max_c);
   const GroupLayout& l = layout_;
   QdqResult r;
   r.weight_qdq = parts.qdq.reshape({l.out, l.padded_in()})

@@ -84,9 +84,23 @@ class LinearQuantizer {
   // The QDQ weight [out, in] in the weight dtype from the current
   // parameters; differentiable w.r.t. v, min_scale and max_scale (STE
   // rounding). Clamps min_scale/max_scale to [0, 1] in place first.
+  // Runs the fused CUDA kernels (fused_qdq.h; same bytes forward, gradients
+  // equal up to fp32 summation order) when fused_active(), else the chain
+  // of libtorch ops, which keeps an fp32 padded copy of the weight
+  // ([rows, G], built on the first call).
   torch::Tensor QdqForward();
+  // Allows (default) or forbids the fused CUDA path for this quantizer.
+  void set_fused(bool enabled) { fused_ = enabled; }
+  bool fused() const { return fused_; }
+  // True when QdqForward() takes the fused path now: set_fused(true), the
+  // build has the kernels, RH_DISABLE_FUSED_QDQ is not "1" (the
+  // process-wide off switch, read on every call), and the weight is a
+  // contiguous float32/bfloat16/float16 CUDA tensor.
+  bool fused_active() const;
   // No autograd: the QDQ weight, scales, zero points and integer codes from
-  // the current parameters (clamped to [0, 1] on the fly).
+  // the current parameters (clamped to [0, 1] on the fly). Always the
+  // libtorch ops; uses the fp32 padded copy if QdqForward() built one, else
+  // a temporary one.
   QdqResult Finalize() const;
 
   // {v, min_scale, max_scale}; just {v} when min/max tuning is disabled.
@@ -113,15 +127,20 @@ class LinearQuantizer {
   struct Parts {
     torch::Tensor qdq, scale, zero, q;
   };
-  Parts Compute(const torch::Tensor& min_s, const torch::Tensor& max_s) const;
+  Parts Compute(const torch::Tensor& grouped, const torch::Tensor& min_s,
+                const torch::Tensor& max_s) const;
+  // The weight as fp32 [rows, G], zero padded (a view for an unpadded fp32
+  // weight, else a copy).
+  torch::Tensor BuildGrouped() const;
 
   torch::Tensor weight_;       // original [out, in]
-  torch::Tensor grouped_;      // fp32 [rows, G], zero padded
+  torch::Tensor grouped_;      // BuildGrouped(), cached by the torch path
   torch::Tensor wmin_, wmax_;  // fp32 [rows]
   torch::Tensor v_, min_scale_, max_scale_;
   QuantParams params_;
   GroupLayout layout_;
   bool enable_minmax_tuning_;
+  bool fused_ = true;
 };
 
 // Round-to-nearest (V = 0, min/max scales = 1) in closed form, no autograd;
