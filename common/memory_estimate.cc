@@ -223,6 +223,7 @@ json MemoryEstimate::ToJson() const {
       {"evaluation_chain_bytes", evaluation_chain_bytes},
       {"resident_model_bytes", resident_model_bytes},
       {"tuning_bytes", tuning_bytes},
+      {"finalize_bytes", finalize_bytes},
       {"block_forward_bytes", block_forward_bytes},
       {"evaluation_bytes", evaluation_bytes},
       {"peak_phase", peak_phase},
@@ -323,12 +324,13 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
   int64_t weight_elems = 2 * hid;  // the two RMSNorm weights
   if (model.qk_norm) weight_elems += 2 * d;
   if (model.attention_bias) weight_elems += qdim + 2 * kvdim;
-  int64_t largest_padded = 0;
+  int64_t largest_padded = 0, total_rows = 0;
   for (auto [out, inn] : linears) {
     const LinearGeometry g = Geometry(out, inn, in.group_size);
     weight_elems += out * inn;
     e.quantized_elements += out * inn;
     largest_padded = std::max(largest_padded, g.padded);
+    total_rows += g.rows;
     // v [rows, G] plus min/max scales [rows], fp32.
     const int64_t tun = 4 * g.padded + (in.enable_minmax_tuning ? 8 * g.rows : 0);
     e.tunables_bytes += tun;
@@ -410,6 +412,15 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
                    e.grouped_copy_bytes + e.qdq_weights_bytes +
                    e.qdq_saved_bytes + e.qdq_transient_bytes +
                    e.activations_saved_bytes + e.activations_transient_bytes;
+  // TuneBlock's end: every Linear's final QDQ results (int32 codes, QDQ
+  // weight, fp16 scales, int32 zeros) while the tunables and best copies
+  // live; the QDQ of one Linear at a time needs its fp32 grouped weight
+  // (built for the call with the fused kernels) and three temporaries.
+  e.finalize_bytes = e.block_weights_bytes + e.chains_tuning * e.chain_bytes +
+                     e.masks_bytes + e.batch_buffers_bytes + e.tunables_bytes +
+                     e.best_copy_bytes + e.grouped_copy_bytes +
+                     (4 + eb) * e.quantized_elements + 6 * total_rows +
+                     (e.fused_kernels ? 16 : 12) * largest_padded;
   // The q_next forward: the quantizers (v) and the QDQ weights are still
   // alive; TuneBlock's best copies, gradients and graph are gone.
   e.block_forward_bytes = e.block_weights_bytes +
@@ -438,6 +449,10 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
 
   e.peak_phase = "tuning";
   int64_t peak = e.tuning_bytes;
+  if (e.finalize_bytes > peak) {
+    peak = e.finalize_bytes;
+    e.peak_phase = "finalize";
+  }
   if (e.block_forward_bytes > peak) {
     peak = e.block_forward_bytes;
     e.peak_phase = "block_forward";

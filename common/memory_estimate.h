@@ -24,6 +24,8 @@
 //    backward: with fused attention (CUDA) q, k, v, the output and the
 //    log-sum-exp, with eager attention (CPU) also the [B,heads,T,T]
 //    probabilities in fp32 and in the compute dtype;
+//  - finalize: the end of TuneBlock, when every Linear's final QDQ results
+//    (int32 codes, QDQ weight) exist next to the tunables and best copies;
 //  - block_forward: the q_next forward after tuning (five chains: fp_in,
 //    q_in, fp_out, the chunk outputs and their concatenation) with the
 //    quantizers still alive;
@@ -149,9 +151,11 @@ struct MemoryEstimate {
   int64_t resident_model_bytes = 0;  // evaluation: the whole text model
 
   int64_t tuning_bytes = 0;
+  int64_t finalize_bytes = 0;  // TuneBlock's final QDQ results
   int64_t block_forward_bytes = 0;
   int64_t evaluation_bytes = 0;
-  std::string peak_phase;  // "tuning", "block_forward" or "evaluation"
+  // "tuning", "finalize", "block_forward" or "evaluation".
+  std::string peak_phase;
   int64_t slack_bytes = 0;
   int64_t total_bytes = 0;
 

@@ -116,6 +116,12 @@ TEST(MemoryEstimateTest, SmallModelOnCpuMatchesHandCount) {
                                  3 * 156672 + 156672 + 147456 + 294912 +
                                  98304 + 64 * 4776 + 64 * 2048);
   EXPECT_EQ(e->tuning_bytes, 1886464);
+  // Finalize: tunables and best copies, the grouped copies, int32 codes
+  // and fp32 QDQ weights 8*36864, scales/zeros 6*1152, three fp32
+  // temporaries of the largest Linear.
+  EXPECT_EQ(e->finalize_bytes, 147968 + 3 * 32768 + 2560 + 33536 +
+                                   2 * 156672 + 156672 + 8 * 36864 +
+                                   6 * 1152 + 12 * 8192);
   EXPECT_EQ(e->block_forward_bytes, 147968 + 5 * 32768 + 2560 +
                                         156672 + 156672 + 147456 +
                                         64 * 2816);
