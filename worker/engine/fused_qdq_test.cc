@@ -443,6 +443,10 @@ std::vector<Case> CudaCases() {
     cases.push_back({1003, 1024, {4, 128, sym}, true, torch::kBFloat16});
     // G not a multiple of 32, padding, asym/sym.
     cases.push_back({17, 1000, {3, 48, sym}, true, torch::kFloat16});
+    // The one-element-per-access kernels: in or G not a multiple of 4.
+    cases.push_back({11, 103, {4, 32, sym}, true, torch::kBFloat16});
+    cases.push_back({9, 90, {3, 30, sym}, true, torch::kFloat32});
+    cases.push_back({5, 101, {4, -1, sym}, false, torch::kFloat16});
   }
   return cases;
 }

@@ -48,6 +48,13 @@ __device__ __forceinline__ __half FromFloat<__half>(float x) {
   return __float2half_rn(x);
 }
 
+// kVec consecutive elements, loaded/stored as one access (8 or 16 bytes for
+// kVec = 4) when the launcher has checked the alignment.
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Pack {
+  T e[kVec];
+};
+
 // torch's clamp/clamp_min/clamp_max on CUDA: NaN propagates.
 __device__ __forceinline__ float Clamp(float x, float lo, float hi) {
   return isnan(x) ? x : fminf(fmaxf(x, lo), hi);
@@ -127,7 +134,9 @@ struct KernelArgs {
   float inv_div, thr;
 };
 
-template <typename T, bool kSym>
+// kVec: elements per lane and access (1, or 4 when group and in are
+// multiples of 4 and the buffers 16-byte aligned).
+template <typename T, bool kSym, int kVec>
 __global__ void __launch_bounds__(kThreads)
     QdqForwardKernel(KernelArgs args, const T* __restrict__ weight,
                      const float* __restrict__ v, float* min_scale,
@@ -160,19 +169,27 @@ __global__ void __launch_bounds__(kThreads)
   const T* w_row = weight + o * args.in + col0;
   T* out_row = out + o * args.in + col0;
   const float* v_row = v + r * args.group;
-  for (int64_t j = lane; j < valid; j += kWarpSize) {
-    const float w = ToFloat(w_row[j]);
-    const float x = __fadd_rn(__fdiv_rn(w, row.s), v_row[j]);
-    float c = RoundSteValue(x);
-    if (!kSym) c = __fadd_rn(c, row.z);
-    const float q = Clamp(c, row.qmin, row.qmax);
-    const float y =
-        kSym ? __fmul_rn(row.s, q) : __fmul_rn(row.s, __fsub_rn(q, row.z));
-    out_row[j] = FromFloat<T>(y);
+  // valid is a multiple of kVec (the launcher's condition for kVec > 1).
+  for (int64_t j = static_cast<int64_t>(lane) * kVec; j < valid;
+       j += kWarpSize * kVec) {
+    const Pack<T, kVec> w = *reinterpret_cast<const Pack<T, kVec>*>(w_row + j);
+    const Pack<float, kVec> vv =
+        *reinterpret_cast<const Pack<float, kVec>*>(v_row + j);
+    Pack<T, kVec> y;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float x = __fadd_rn(__fdiv_rn(ToFloat(w.e[k]), row.s), vv.e[k]);
+      float c = RoundSteValue(x);
+      if (!kSym) c = __fadd_rn(c, row.z);
+      const float q = Clamp(c, row.qmin, row.qmax);
+      y.e[k] = FromFloat<T>(kSym ? __fmul_rn(row.s, q)
+                                 : __fmul_rn(row.s, __fsub_rn(q, row.z)));
+    }
+    *reinterpret_cast<Pack<T, kVec>*>(out_row + j) = y;
   }
 }
 
-template <typename T, bool kSym>
+template <typename T, bool kSym, int kVec>
 __global__ void __launch_bounds__(kThreads)
     QdqBackwardKernel(KernelArgs args, const T* __restrict__ weight,
                       const float* __restrict__ v,
@@ -211,20 +228,29 @@ __global__ void __launch_bounds__(kThreads)
   // would lose digits); d out_j / d z = s * (mask_j - 1).
   float sum_s = 0.f;   // sum g_j * ((q_j - z) - mask_j * w_j / s)
   float sum_nz = 0.f;  // sum over clamped j of g_j   (asym)
-  for (int64_t j = lane; j < valid; j += kWarpSize) {
-    const float w = ToFloat(w_row[j]);
-    const float g = ToFloat(g_row[j]);
-    const float ws = __fdiv_rn(w, row.s);
-    const float x = __fadd_rn(ws, v_row[j]);
-    float c = RoundSteValue(x);
-    if (!kSym) c = __fadd_rn(c, row.z);
-    // clamp's backward passes the gradient where qmin <= c <= qmax.
-    const bool mask = c >= row.qmin && c <= row.qmax;
-    const float q = Clamp(c, row.qmin, row.qmax);
-    gv_row[j] = mask ? g * row.s : 0.f;
-    const float qz = kSym ? q : q - row.z;
-    sum_s += g * (mask ? qz - ws : qz);
-    if (!kSym && !mask) sum_nz += g;
+  for (int64_t j = static_cast<int64_t>(lane) * kVec; j < valid;
+       j += kWarpSize * kVec) {
+    const Pack<T, kVec> w = *reinterpret_cast<const Pack<T, kVec>*>(w_row + j);
+    const Pack<T, kVec> g = *reinterpret_cast<const Pack<T, kVec>*>(g_row + j);
+    const Pack<float, kVec> vv =
+        *reinterpret_cast<const Pack<float, kVec>*>(v_row + j);
+    Pack<float, kVec> gv;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float gk = ToFloat(g.e[k]);
+      const float ws = __fdiv_rn(ToFloat(w.e[k]), row.s);
+      const float x = __fadd_rn(ws, vv.e[k]);
+      float c = RoundSteValue(x);
+      if (!kSym) c = __fadd_rn(c, row.z);
+      // clamp's backward passes the gradient where qmin <= c <= qmax.
+      const bool mask = c >= row.qmin && c <= row.qmax;
+      const float q = Clamp(c, row.qmin, row.qmax);
+      gv.e[k] = mask ? gk * row.s : 0.f;
+      const float qz = kSym ? q : q - row.z;
+      sum_s += gk * (mask ? qz - ws : qz);
+      if (!kSym && !mask) sum_nz += gk;
+    }
+    *reinterpret_cast<Pack<float, kVec>*>(gv_row + j) = gv;
   }
   // Padded columns: their output is dropped, so their gradient is 0.
   for (int64_t j = valid + lane; j < args.group; j += kWarpSize) {
@@ -258,6 +284,29 @@ __global__ void __launch_bounds__(kThreads)
   grad_max_scale[r] = dhi * w_hi;
 }
 
+bool Aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+template <typename T, bool kSym, int kVec>
+void LaunchQdqKernel(bool backward, dim3 grid, const KernelArgs& args,
+                     const void* weight, const float* v, float* min_scale,
+                     float* max_scale, const float* wmin, const float* wmax,
+                     void* out_or_null, const void* grad_out, float* grad_v,
+                     float* grad_min_scale, float* grad_max_scale,
+                     cudaStream_t stream) {
+  if (backward) {
+    QdqBackwardKernel<T, kSym, kVec><<<grid, kThreads, 0, stream>>>(
+        args, static_cast<const T*>(weight), v, min_scale, max_scale, wmin,
+        wmax, static_cast<const T*>(grad_out), grad_v, grad_min_scale,
+        grad_max_scale);
+  } else {
+    QdqForwardKernel<T, kSym, kVec><<<grid, kThreads, 0, stream>>>(
+        args, static_cast<const T*>(weight), v, min_scale, max_scale, wmin,
+        wmax, static_cast<T*>(out_or_null));
+  }
+}
+
 template <typename T, bool kSym>
 cudaError_t LaunchQdqTyped(bool backward, const KernelArgs& args,
                            const void* weight, const float* v,
@@ -271,15 +320,23 @@ cudaError_t LaunchQdqTyped(bool backward, const KernelArgs& args,
   const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(blocks));
-  if (backward) {
-    QdqBackwardKernel<T, kSym><<<grid, kThreads, 0, stream>>>(
-        args, static_cast<const T*>(weight), v, min_scale, max_scale, wmin,
-        wmax, static_cast<const T*>(grad_out), grad_v, grad_min_scale,
-        grad_max_scale);
+  // Four elements per access when every row segment starts 4-aligned
+  // (group and in multiples of 4) and the base pointers are aligned: the
+  // summation order changes with it, but it is fixed for a given shape.
+  const bool vec4 = args.group % 4 == 0 && args.in % 4 == 0 &&
+                    Aligned16(weight) && Aligned16(v) &&
+                    Aligned16(backward ? grad_out : out_or_null) &&
+                    (!backward || Aligned16(grad_v));
+  if (vec4) {
+    LaunchQdqKernel<T, kSym, 4>(backward, grid, args, weight, v, min_scale,
+                                max_scale, wmin, wmax, out_or_null, grad_out,
+                                grad_v, grad_min_scale, grad_max_scale,
+                                stream);
   } else {
-    QdqForwardKernel<T, kSym><<<grid, kThreads, 0, stream>>>(
-        args, static_cast<const T*>(weight), v, min_scale, max_scale, wmin,
-        wmax, static_cast<T*>(out_or_null));
+    LaunchQdqKernel<T, kSym, 1>(backward, grid, args, weight, v, min_scale,
+                                max_scale, wmin, wmax, out_or_null, grad_out,
+                                grad_v, grad_min_scale, grad_max_scale,
+                                stream);
   }
   return cudaGetLastError();
 }
