@@ -576,8 +576,8 @@ std::string PairValue(const std::string& key, const json& fp, const json& q) {
   return out;
 }
 
-void Flatten(const json& obj, const std::string& prefix, bool summary,
-             std::vector<Row>* rows);
+void Flatten(const json& obj, const std::string& prefix, const std::string& key,
+             bool summary, std::vector<Row>* rows);
 std::vector<std::string> RankedKeys(const json& obj);
 
 std::string Join(const std::string& prefix, const std::string& label) {
@@ -601,7 +601,7 @@ void FlattenPair(const json& fp, const json& q, const std::string& prefix,
                        FormatLeaf(it.key(), *it)});
     } else if (it->is_object()) {
       Flatten(*it, Join(prefix, absl::StrCat("original ", Label(it.key()))),
-              /*summary=*/false, rows);
+              it.key(), /*summary=*/false, rows);
     }
   }
   for (auto it = q.begin(); it != q.end(); ++it) {
@@ -614,7 +614,7 @@ void FlattenPair(const json& fp, const json& q, const std::string& prefix,
     if (IsLeaf(*it)) {
       rows->push_back({label, FormatLeaf(it.key(), *it)});
     } else if (it->is_object()) {
-      Flatten(*it, label, /*summary=*/false, rows);
+      Flatten(*it, label, it.key(), /*summary=*/false, rows);
     }
   }
 }
@@ -623,8 +623,8 @@ void FlattenPair(const json& fp, const json& q, const std::string& prefix,
 // children and "<x>_fp" / "<x>_quantized" siblings become rows with both
 // values. Arrays (per-sample lists) are not tabulated. With `summary`, the
 // top level's non-measurement keys (IsSummaryKey) are skipped.
-void Flatten(const json& obj, const std::string& prefix, bool summary,
-             std::vector<Row>* rows) {
+void Flatten(const json& obj, const std::string& prefix,
+             const std::string& obj_key, bool summary, std::vector<Row>* rows) {
   const json* fp = Find(obj, "fp");
   const json* q = Find(obj, "quantized");
   const bool paired =
@@ -633,7 +633,7 @@ void Flatten(const json& obj, const std::string& prefix, bool summary,
   if (paired) {
     if (IsLeaf(*fp)) {
       rows->push_back(
-          {prefix.empty() ? "value" : prefix, PairValue(prefix, *fp, *q)});
+          {prefix.empty() ? "value" : prefix, PairValue(obj_key, *fp, *q)});
     } else {
       FlattenPair(*fp, *q, prefix, rows);
     }
@@ -657,7 +657,7 @@ void Flatten(const json& obj, const std::string& prefix, bool summary,
       }
     }
     if (it->is_object()) {
-      Flatten(*it, Join(prefix, Label(key)), /*summary=*/false, rows);
+      Flatten(*it, Join(prefix, Label(key)), key, /*summary=*/false, rows);
     } else {
       rows->push_back({Join(prefix, Label(key)), FormatLeaf(key, *it)});
     }
@@ -731,13 +731,13 @@ std::vector<Row> MetricRows(const json& metrics, bool summary) {
       const std::string qk = k.substr(0, k.size() - 3) + "_quantized";
       if (metrics.contains(qk)) single[qk] = metrics[qk];
     }
-    Flatten(single, "", summary, &rows);
+    Flatten(single, "", "", summary, &rows);
   }
   json pair = json::object();
   for (const char* k : {"fp", "quantized"}) {
     if (metrics.contains(k)) pair[k] = metrics[k];
   }
-  if (!pair.empty()) Flatten(pair, "", summary, &rows);
+  if (!pair.empty()) Flatten(pair, "", "", summary, &rows);
   return rows;
 }
 
@@ -1002,8 +1002,12 @@ void AppendResults(const CardInputs& in, std::string* out) {
     absl::StrAppend(out, "Gate thresholds:");
     for (auto it = in.thresholds->begin(); it != in.thresholds->end(); ++it) {
       if (IsLeaf(*it)) {
+        // Recall thresholds are optional gates: 0 switches them off
+        // (EvaluationSpec.min_recall_at_1).
+        const bool off = absl::StartsWith(it.key(), "min_recall") &&
+                         it->is_number() && it->get<double>() == 0;
         absl::StrAppend(out, " `", it.key(), "` = ", FormatLeaf(it.key(), *it),
-                        ";");
+                        off ? " (off)" : "", ";");
       }
     }
     if (out->back() == ';') out->pop_back();

@@ -186,6 +186,53 @@ TEST(DeliverableCardTest, ResultsTableFromTheReport) {
   EXPECT_LT(card.find("| size /"), card.find("| inference /"));
 }
 
+// The layout pipeline.cc writes: metrics, thresholds and notes at the top,
+// the gate inside "evaluation" (with the run's info merged in).
+TEST(DeliverableCardTest, PipelineReportLayout) {
+  json r = {
+      {"schema_version", 1},
+      {"verdict", "failed_quality"},
+      {"evaluation",
+       {{"enabled", true},
+        {"passed", false},
+        {"message", "the quantized model produced 3 NaN/Inf output values"},
+        {"source", "held_out"},
+        {"samples", 4},
+        {"tokens", 96},
+        {"format", "auto_round"},
+        {"gate",
+         {{"passed", false},
+          {"failures",
+           {"the quantized model produced 3 NaN/Inf output "
+            "values"}}}}}},
+      {"thresholds",
+       {{"min_token_cosine_similarity", 0.95}, {"min_recall_at_1", 0.0}}},
+      {"metrics",
+       {{"hidden_states",
+         {{"non_finite_values", {{"fp", 0}, {"quantized", 3}}}}},
+        {"performance",
+         {{"resident_weight_bytes", {{"fp", 4096}, {"quantized", 1024}}}}}}},
+      {"notes", {{"perplexity", "skipped: no LM head"}}},
+      {"configuration", {{"scheme", {{"bits", 4}}}}},
+      {"versions", {{"roundhouse", "0.3.0"}}}};
+  const std::string card = Card(Manifest(), r);
+  EXPECT_THAT(card, HasSubstr("(4 held-out samples, 96 tokens, source: "
+                              "held_out)"));
+  EXPECT_THAT(card, HasSubstr("Quality gate: **FAILED**: the quantized model "
+                              "produced 3 NaN/Inf output values"));
+  EXPECT_THAT(card, HasSubstr("`min_recall_at_1` = 0 (off); "
+                              "`min_token_cosine_similarity` = 0.95"));
+  EXPECT_THAT(card, HasSubstr("| final hidden states / NaN/Inf values | "
+                              "original 0 → quantized 3 |"));
+  EXPECT_THAT(card, HasSubstr("| inference / resident weights | original "
+                              "4.00 KiB (4096 bytes) → quantized 1.00 KiB "
+                              "(1024 bytes) (-75.00%) |"));
+  EXPECT_THAT(card, HasSubstr("- perplexity: skipped: no LM head"));
+  // Configuration and versions are not measurements.
+  EXPECT_THAT(card, Not(HasSubstr("| configuration")));
+  EXPECT_THAT(card, Not(HasSubstr("schema")));
+}
+
 TEST(DeliverableCardTest, MissingMetricsAreOmittedNotInvented) {
   json r = Results();
   auto& metrics = r["evaluation"]["metrics"];
