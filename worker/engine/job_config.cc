@@ -41,6 +41,23 @@ std::string ToSnake(const std::string& key) {
   return out;
 }
 
+// protobuf's JSON name: "_" dropped, the following character upper-cased.
+std::string ToLowerCamel(const std::string& key) {
+  std::string out;
+  bool upper = false;
+  for (char c : key) {
+    if (c == '_') {
+      upper = true;
+      continue;
+    }
+    out.push_back(upper ? static_cast<char>(std::toupper(
+                              static_cast<unsigned char>(c)))
+                        : c);
+    upper = false;
+  }
+  return out;
+}
+
 // Checks `obj` is an object whose keys are all in `known`; returns a copy
 // with canonical (snake_case) keys.
 absl::StatusOr<json> Normalize(const json& obj, const std::string& path,
@@ -53,6 +70,14 @@ absl::StatusOr<json> Normalize(const json& obj, const std::string& path,
   json out = json::object();
   for (auto it = obj.begin(); it != obj.end(); ++it) {
     std::string key = known.count(it.key()) ? it.key() : ToSnake(it.key());
+    if (!known.count(key)) {
+      // protobuf's lowerCamelCase of a name with a digit after "_"
+      // ("min_recall_at_1" -> "minRecallAt1") does not map back by
+      // ToSnake: match against the camel form of every known name.
+      for (const std::string& k : known) {
+        if (ToLowerCamel(k) == it.key()) key = k;
+      }
+    }
     std::string field = path.empty() ? it.key() : path + "." + it.key();
     if (!known.count(key)) return Bad(field, "unknown field");
     if (out.contains(key)) return Bad(field, "given twice");
@@ -350,7 +375,8 @@ void ApplyPreset(const std::set<std::string>& scheme_given,
 
 absl::Status ParseEvaluation(const json& in, JobConfig* c) {
   static const std::set<std::string> kKnown = {
-      "enabled", "min_token_cosine_similarity", "eval_samples", "eval_path"};
+      "enabled", "min_token_cosine_similarity", "eval_samples", "eval_path",
+      "min_recall_at_1"};
   ASSIGN_OR_RETURN(json s, Normalize(in, "evaluation", kKnown));
   EvaluationConfig& e = c->evaluation;
   for (auto it = s.begin(); it != s.end(); ++it) {
@@ -375,6 +401,12 @@ absl::Status ParseEvaluation(const json& in, JobConfig* c) {
       e.eval_samples_set = true;
     } else if (k == "eval_path") {
       ASSIGN_OR_RETURN(e.eval_path, GetString(v, p));
+    } else if (k == "min_recall_at_1") {
+      ASSIGN_OR_RETURN(e.min_recall_at_1, GetDouble(v, p));
+      if (!(e.min_recall_at_1 >= 0.0 && e.min_recall_at_1 <= 1.0)) {
+        return Bad(p, absl::StrCat("must be in [0, 1] (got ", Describe(v),
+                                   ")"));
+      }
     }
   }
   return absl::OkStatus();
@@ -525,7 +557,8 @@ json ResolvedSpecJson(const JobConfig& c) {
       {"enabled", c.evaluation.enabled},
       {"min_token_cosine_similarity", c.evaluation.min_token_cosine_similarity},
       {"eval_samples", c.evaluation.eval_samples},
-      {"eval_path", c.evaluation.eval_path}};
+      {"eval_path", c.evaluation.eval_path},
+      {"min_recall_at_1", c.evaluation.min_recall_at_1}};
   return j;
 }
 

@@ -68,6 +68,8 @@ struct EvaluationConfig {
   int eval_samples = 16;                      // > 0 when enabled
   bool eval_samples_set = false;              // given explicitly
   std::string eval_path;  // "" = held-out split of the calibration source
+  // ColQwen3 retrieval gate (docs/evaluation.md), in [0, 1]; 0 = off.
+  double min_recall_at_1 = 0;
 };
 
 struct JobConfig {

@@ -35,6 +35,7 @@ TEST(JobConfigTest, DefaultsFollowTheReference) {
   EXPECT_TRUE(c->evaluation.enabled);
   EXPECT_DOUBLE_EQ(c->evaluation.min_token_cosine_similarity, 0.95);
   EXPECT_EQ(c->evaluation.eval_samples, 16);
+  EXPECT_DOUBLE_EQ(c->evaluation.min_recall_at_1, 0.0);  // off
   EXPECT_EQ(c->compute_dtype, "auto");
   EXPECT_TRUE(c->deterministic);
   EXPECT_EQ(c->calibration.selection, "random");
@@ -71,7 +72,8 @@ TEST(JobConfigTest, FullSpecAsTheAgentWritesIt) {
                     "template": "pack", "allow_fewer_samples": true},
     "export_formats": ["auto_round", "auto_gptq"],
     "evaluation": {"enabled": false, "min_token_cosine_similarity": 0.9,
-                   "eval_samples": 4, "eval_path": "eval.jsonl"}})");
+                   "eval_samples": 4, "eval_path": "eval.jsonl",
+                   "minRecallAt1": 0.75}})");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->global.bits, 2);
   EXPECT_EQ(c->global.group_size, 32);
@@ -89,6 +91,8 @@ TEST(JobConfigTest, FullSpecAsTheAgentWritesIt) {
   EXPECT_FALSE(c->evaluation.enabled);
   EXPECT_EQ(c->evaluation.eval_path, "eval.jsonl");
   EXPECT_TRUE(c->evaluation.eval_samples_set);
+  EXPECT_DOUBLE_EQ(c->evaluation.min_recall_at_1, 0.75);
+  EXPECT_EQ(ResolvedSpecJson(*c)["evaluation"]["min_recall_at_1"], 0.75);
 }
 
 TEST(JobConfigTest, ColpaliPresetFillsUnsetFields) {
@@ -206,6 +210,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{R"({"evaluation": {"min_token_cosine_similarity": 2}, )" CAL
                 "}",
                 "evaluation.min_token_cosine_similarity:"},
+        BadCase{R"({"evaluation": {"min_recall_at_1": 1.5}, )" CAL "}",
+                "evaluation.min_recall_at_1: must be in [0, 1] (got 1.5)"},
         BadCase{R"({"evaluation": {"eval_samples": 0}, )" CAL "}",
                 "evaluation.eval_samples:"},
         BadCase{R"({"evaluation": {"enabled": "no"}, )" CAL "}",

@@ -133,6 +133,30 @@ absl::StatusOr<torch::Tensor> FinalHiddenStates(
   }
 }
 
+absl::StatusOr<torch::Tensor> ProjectTokenEmbeddings(
+    const ModelLayout& layout, const WeightLookup& lookup,
+    const torch::Tensor& h, const torch::Tensor& attention_mask) {
+  if (!layout.projection_weight) {
+    return absl::InvalidArgumentError(
+        "embeddings: the model has no projection head");
+  }
+  torch::NoGradGuard no_grad;
+  try {
+    ASSIGN_OR_RETURN(torch::Tensor w, lookup(*layout.projection_weight));
+    torch::Tensor e =
+        torch::matmul(h.to(torch::kFloat32), w.cpu().to(torch::kFloat32).t());
+    if (layout.projection_bias) {
+      ASSIGN_OR_RETURN(torch::Tensor b, lookup(*layout.projection_bias));
+      e = e + b.cpu().to(torch::kFloat32);
+    }
+    const double eps = std::numeric_limits<float>::epsilon();
+    e = e / e.norm(2, -1, /*keepdim=*/true).clamp_min(eps);
+    return e * attention_mask.cpu().to(torch::kFloat32).unsqueeze(-1);
+  } catch (const c10::Error& e) {
+    return TorchError(e);
+  }
+}
+
 absl::StatusOr<torch::Tensor> TokenOutputs(
     const ModelLayout& layout, const std::vector<std::string>& names,
     const WeightLookup& lookup, const torch::Tensor& ids,
@@ -141,20 +165,7 @@ absl::StatusOr<torch::Tensor> TokenOutputs(
                    FinalHiddenStates(layout, names, lookup, ids,
                                      attention_mask, options));
   if (!layout.projection_weight) return h;
-  torch::NoGradGuard no_grad;
-  try {
-    ASSIGN_OR_RETURN(torch::Tensor w, lookup(*layout.projection_weight));
-    torch::Tensor e = torch::matmul(h, w.to(torch::kFloat32).t());
-    if (layout.projection_bias) {
-      ASSIGN_OR_RETURN(torch::Tensor b, lookup(*layout.projection_bias));
-      e = e + b.to(torch::kFloat32);
-    }
-    const double eps = std::numeric_limits<float>::epsilon();
-    e = e / e.norm(2, -1, /*keepdim=*/true).clamp_min(eps);
-    return e * attention_mask.to(torch::kFloat32).unsqueeze(-1);
-  } catch (const c10::Error& e) {
-    return TorchError(e);
-  }
+  return ProjectTokenEmbeddings(layout, lookup, h, attention_mask);
 }
 
 absl::StatusOr<double> Perplexity(const ModelLayout& layout,
@@ -163,6 +174,22 @@ absl::StatusOr<double> Perplexity(const ModelLayout& layout,
                                   const torch::Tensor& ids,
                                   const torch::Tensor& attention_mask,
                                   const ForwardOptions& options) {
+  if (!layout.lm_head && !layout.text.tie_word_embeddings) {
+    return absl::InvalidArgumentError(
+        "perplexity: the model has no LM head (no lm_head tensor and "
+        "tie_word_embeddings is false)");
+  }
+  ASSIGN_OR_RETURN(torch::Tensor h,
+                   FinalHiddenStates(layout, names, lookup, ids,
+                                     attention_mask, options));
+  return PerplexityFromHidden(layout, lookup, h, ids, attention_mask);
+}
+
+absl::StatusOr<double> PerplexityFromHidden(const ModelLayout& layout,
+                                            const WeightLookup& lookup,
+                                            const torch::Tensor& h,
+                                            const torch::Tensor& ids,
+                                            const torch::Tensor& attention_mask) {
   std::string head;
   if (layout.lm_head) {
     head = *layout.lm_head;
@@ -173,21 +200,19 @@ absl::StatusOr<double> Perplexity(const ModelLayout& layout,
         "perplexity: the model has no LM head (no lm_head tensor and "
         "tie_word_embeddings is false)");
   }
-  ASSIGN_OR_RETURN(torch::Tensor h,
-                   FinalHiddenStates(layout, names, lookup, ids,
-                                     attention_mask, options));
   torch::NoGradGuard no_grad;
   try {
     ASSIGN_OR_RETURN(torch::Tensor w, lookup(head));
-    w = w.to(torch::kFloat32);
+    w = w.cpu().to(torch::kFloat32);
+    torch::Tensor hc = h.cpu().to(torch::kFloat32);
     torch::Tensor ids64 = ids.to(torch::kInt64).cpu();
     torch::Tensor m = attention_mask.to(torch::kInt64).cpu();
     double nll = 0;
     int64_t count = 0;
-    for (int64_t i = 0; i < h.size(0); ++i) {
-      torch::Tensor logits = torch::matmul(h[i], w.t());  // [T,V]
+    for (int64_t i = 0; i < hc.size(0); ++i) {
+      torch::Tensor logits = torch::matmul(hc[i], w.t());  // [T,V]
       torch::Tensor logp = torch::log_softmax(logits, -1);
-      const int64_t t = h.size(1);
+      const int64_t t = hc.size(1);
       torch::Tensor target = ids64[i].slice(0, 1, t);
       torch::Tensor valid = (m[i].slice(0, 0, t - 1) * m[i].slice(0, 1, t))
                                 .to(torch::kBool);

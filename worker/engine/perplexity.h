@@ -62,6 +62,21 @@ absl::StatusOr<torch::Tensor> TokenOutputs(
     const WeightLookup& lookup, const torch::Tensor& ids,
     const torch::Tensor& attention_mask, const ForwardOptions& options);
 
+// The ColQwen3 head over final hidden states h [N,T,H] (fp32, CPU):
+// L2-normalised projection masked by attention_mask [N,T]. [N,T,D] fp32 CPU.
+// InvalidArgument when the layout has no projection head.
+absl::StatusOr<torch::Tensor> ProjectTokenEmbeddings(
+    const ModelLayout& layout, const WeightLookup& lookup,
+    const torch::Tensor& h, const torch::Tensor& attention_mask);
+
+// Perplexity (definition below) from already computed final hidden states
+// h [N,T,H] (fp32, CPU). Same errors as Perplexity.
+absl::StatusOr<double> PerplexityFromHidden(const ModelLayout& layout,
+                                            const WeightLookup& lookup,
+                                            const torch::Tensor& h,
+                                            const torch::Tensor& ids,
+                                            const torch::Tensor& attention_mask);
+
 // exp(mean negative log-likelihood) of next-token prediction over every
 // position t whose token and successor are real (mask 1), with the LM head
 // (lm_head, or the embedding when tied). InvalidArgument when the model has

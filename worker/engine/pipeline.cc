@@ -18,6 +18,8 @@
 #include "common/status_macros.h"
 #include "worker/engine/checkpoint_store.h"
 #include "worker/engine/decoder_block.h"
+#include "worker/engine/deliverable.h"
+#include "worker/engine/evaluation.h"
 #include "worker/engine/exporter.h"
 #include "worker/engine/layer_config.h"
 #include "worker/engine/manifest.h"
@@ -29,6 +31,7 @@
 #include "worker/engine/versions.h"
 
 #ifdef ROUNDHOUSE_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <cuda_runtime_api.h>
 #endif
 
@@ -59,6 +62,32 @@ int64_t DeviceMemoryInUse(const std::string& device) {
     if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
       return static_cast<int64_t>(total_bytes - free_bytes);
     }
+  }
+#endif
+  (void)device;
+  return 0;
+}
+
+// Peak bytes held by libtorch's CUDA caching allocator on device 0 since the
+// last ResetPeakDeviceMemory (0 on the CPU): what a block really needed,
+// without the allocator's cached slack.
+void ResetPeakDeviceMemory(const std::string& device, int gpus) {
+#ifdef ROUNDHOUSE_WITH_CUDA
+  if (device == "cuda") {
+    for (int g = 0; g < gpus; ++g) {
+      c10::cuda::CUDACachingAllocator::resetPeakStats(g);
+    }
+  }
+#endif
+  (void)device, (void)gpus;
+}
+
+int64_t PeakDeviceMemory(const std::string& device) {
+#ifdef ROUNDHOUSE_WITH_CUDA
+  if (device == "cuda") {
+    return c10::cuda::CUDACachingAllocator::getDeviceStats(0)
+        .allocated_bytes[0]
+        .peak;
   }
 #endif
   (void)device;
@@ -229,6 +258,16 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
   if (req.device == "cuda" && !torch::cuda::is_available()) {
     return absl::FailedPreconditionError(
         "--device cuda: no CUDA device is available in this process");
+  }
+  if (req.gpus < 1 || (req.gpus > 1 && req.device != "cuda")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--gpus: must be >= 1, and > 1 only with cuda (got ", req.gpus, ")"));
+  }
+  if (req.gpus > 1 &&
+      req.gpus > static_cast<int>(torch::cuda::device_count())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--gpus ", req.gpus, ": only ", torch::cuda::device_count(),
+        " CUDA devices are visible"));
   }
   const torch::Device device =
       req.device == "cuda" ? torch::Device(torch::kCUDA, 0) : torch::kCPU;
@@ -406,6 +445,7 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
           " are checkpointed)"));
     }
     const auto t0 = std::chrono::steady_clock::now();
+    ResetPeakDeviceMemory(req.device, req.gpus);
     ASSIGN_OR_RETURN(BlockWeights w, LoadBlockWeights(layout, b, names,
                                                       source, dtype, device));
     RETURN_IF_ERROR(ValidateBlockWeights(block_cfg, w));
@@ -425,6 +465,7 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
     }
     BlockResult br;
     br.block_index = b;
+    bool used_graph = false;
     std::map<std::string, torch::Tensor> qdq_weights;
     if (!quantizers.empty()) {
       TuneOptions to;
@@ -436,9 +477,17 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
       to.enable_minmax_tuning = cfg.tune.enable_minmax_tuning;
       to.not_use_best_mse = cfg.tune.not_use_best_mse;
       to.seed = BlockSeed(cfg.tune.seed, b);
+      if (req.device == "cuda" && req.gpus > 1) {
+        for (int g = 0; g < req.gpus; ++g) {
+          to.devices.emplace_back(c10::kCUDA, static_cast<c10::DeviceIndex>(g));
+        }
+      }
+      // The chains stay where they are (the CPU in low-memory mode): the
+      // tuner streams each micro-batch to the device.
       ASSIGN_OR_RETURN(TuneResult tr,
-                       TuneBlock(block_cfg, w, quantizers, q_in.to(device),
-                                 fp_out.to(device), mask, loss_mask, to));
+                       TuneBlock(block_cfg, w, quantizers, q_in, fp_out,
+                                 mask, loss_mask, to));
+      used_graph = tr.used_cuda_graph;
       br.loss_before = tr.loss_before;
       br.loss_after = tr.loss_after;
       br.best_iter = tr.best_iter;
@@ -470,7 +519,9 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
                {"blocks_total", num_blocks},
                {"loss_before", br.loss_before},
                {"loss_after", br.loss_after},
-               {"seconds", seconds}});
+               {"seconds", seconds},
+               {"peak_device_bytes", PeakDeviceMemory(req.device)},
+               {"cuda_graph", used_graph}});
     if (req.should_stop && req.should_stop() && b + 1 < num_blocks) {
       return absl::AbortedError(absl::StrCat(
           "stopped after block ", b,
@@ -506,53 +557,112 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
   }
 
   // ---- evaluation --------------------------------------------------------
+  // The EXPORTED checkpoint is reloaded and dequantized from its packed
+  // tensors (evaluation.h), so the figures describe the artifact itself.
   json evaluation = {{"enabled", eval_on}, {"passed", true}};
+  const std::string& eval_format = cfg.export_formats.front();
+  json configuration = {
+      {"scheme", resolved["scheme"]},
+      {"resolved_spec", resolved},
+      {"calibration",
+       {{"recipe", resolved["calibration"]},
+        {"samples", static_cast<int64_t>(calib.samples.size())},
+        {"seqlen", cfg.seqlen},
+        {"sha256", calib.content_sha256}}},
+      {"evaluation",
+       {{"source", eval_source},
+        {"samples", static_cast<int64_t>(eval_samples.size())},
+        {"eval_path", cfg.evaluation.eval_path}}},
+      {"seed", cfg.tune.seed},
+      {"export_formats", cfg.export_formats},
+      {"evaluated_format", eval_on ? eval_format : ""},
+      {"device", req.device},
+      {"compute_dtype", DtypeName(dtype)},
+      {"model_family", std::string(ModelFamilyName(layout.family))}};
+  if (!eval_sha.empty()) {
+    configuration["evaluation"]["sha256"] = eval_sha;
+  }
+  if (!eval_on) configuration["evaluation"] = {{"enabled", false}};
+  json test_results = {{"schema_version", 1},
+                       {"verdict", "not_evaluated"},
+                       {"evaluation", {{"enabled", false}}},
+                       {"configuration", configuration},
+                       {"versions", EngineVersions()}};
   if (eval_on) {
     Emit(req, {{"event", "stage"}, {"stage", "evaluation"}});
-    torch::Tensor eids, emask;
-    ToTensors(eval_samples, &eids, &emask);
-    const WeightLookup quantized =
-        [&ckpt, &results](const std::string& name)
-        -> absl::StatusOr<torch::Tensor> {
-      if (absl::EndsWith(name, ".weight")) {
-        auto it = results.find(name.substr(0, name.size() - 7));
-        if (it != results.end()) return it->second.weight_qdq;
-      }
-      return ckpt->Load(name);
-    };
-    ForwardOptions fo{device, dtype, std::max(1, cfg.tune.batch_size)};
-    ASSIGN_OR_RETURN(torch::Tensor a, TokenOutputs(layout, names, source,
-                                                   eids, emask, fo));
-    ASSIGN_OR_RETURN(torch::Tensor bq, TokenOutputs(layout, names, quantized,
-                                                    eids, emask, fo));
-    const CosineStats cs = TokenCosine(a, bq, emask);
-    const double thr = cfg.evaluation.min_token_cosine_similarity;
-    const bool passed = cs.tokens > 0 && cs.mean >= thr;
+    const std::string sub = formats[eval_format]["directory"];
+    ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> exported,
+                     Checkpoint::Open(sub.empty() ? staging
+                                                  : JoinPath(staging, sub)));
+    EvaluationInput in;
+    in.layout = &layout;
+    in.original = ckpt.get();
+    in.quantized.checkpoint = exported.get();
+    in.quantized.format = eval_format;
+    ASSIGN_OR_RETURN(in.quantized.packing,
+                     PackingForFormat(eval_format, cfg.global, layers));
+    for (const ResolvedLayer& l : layers) {
+      if (l.quantize) in.quantized.params_by_module[l.name] = l.params;
+    }
+    ToTensors(eval_samples, &in.ids, &in.mask);
+    in.forward = ForwardOptions{device, dtype, std::max(1, cfg.tune.batch_size)};
+    in.device_name = req.device;
+    EvaluationThresholds thresholds;
+    thresholds.min_token_cosine_similarity =
+        cfg.evaluation.min_token_cosine_similarity;
+    thresholds.min_recall_at_1 = cfg.evaluation.min_recall_at_1;
+    ASSIGN_OR_RETURN(EvaluationOutcome o,
+                     EvaluateQuantizedModel(in, thresholds));
+    const json& g = o.gate;
     evaluation = {{"enabled", true},
                   {"source", eval_source},
+                  {"format", eval_format},
                   {"samples", static_cast<int64_t>(eval_samples.size())},
-                  {"tokens", cs.tokens},
-                  {"mean_token_cosine_similarity", cs.mean},
-                  {"min_token_cosine_similarity", cs.min},
-                  {"threshold", thr},
-                  {"passed", passed}};
-    if (!layout.projection_weight &&
-        (layout.lm_head || text.tie_word_embeddings)) {
-      auto p_fp = Perplexity(layout, names, source, eids, emask, fo);
-      auto p_q = Perplexity(layout, names, quantized, eids, emask, fo);
-      if (p_fp.ok() && p_q.ok()) {
-        evaluation["perplexity_fp"] = *p_fp;
-        evaluation["perplexity_quantized"] = *p_q;
-      }
+                  {"tokens", g["tokens"]},
+                  {"gated_outputs", g["gated_outputs"]},
+                  {"mean_token_cosine_similarity",
+                   g["mean_token_cosine_similarity"]},
+                  {"min_token_cosine_similarity",
+                   g["min_token_cosine_similarity"]},
+                  {"non_finite_quantized", g["non_finite_quantized"]},
+                  {"threshold", thresholds.min_token_cosine_similarity},
+                  {"passed", o.passed},
+                  {"test_results", "test_results.json"}};
+    if (o.metrics.contains("perplexity")) {
+      evaluation["perplexity_fp"] = o.metrics["perplexity"]["fp"];
+      evaluation["perplexity_quantized"] =
+          o.metrics["perplexity"]["quantized"];
     }
-    if (!passed) {
+    if (o.metrics.contains("retrieval")) {
+      evaluation["recall_at_1"] = o.metrics["retrieval"]["recall_at_1"];
+      evaluation["recall_at_5"] = o.metrics["retrieval"]["recall_at_5"];
+    }
+    if (!o.passed) {
       result.quality_passed = false;
-      result.quality_message = absl::StrCat(
-          "mean token cosine similarity ", cs.mean, " < ", thr, " over ",
-          cs.tokens, " tokens");
-      evaluation["message"] = result.quality_message;
+      result.quality_message = o.message;
+      evaluation["message"] = o.message;
     }
+    json ev_summary = o.info;
+    ev_summary["enabled"] = true;
+    ev_summary["passed"] = o.passed;
+    ev_summary["source"] = eval_source;
+    if (!o.passed) ev_summary["message"] = o.message;
+    ev_summary["gate"] = g;
+    test_results = {
+        {"schema_version", 1},
+        {"verdict", o.passed ? "passed" : "failed_quality"},
+        {"evaluation", ev_summary},
+        {"thresholds",
+         {{"min_token_cosine_similarity",
+           thresholds.min_token_cosine_similarity},
+          {"min_recall_at_1", thresholds.min_recall_at_1}}},
+        {"metrics", o.metrics},
+        {"notes", o.notes},
+        {"configuration", configuration},
+        {"versions", EngineVersions()}};
   }
+  RETURN_IF_ERROR(WriteFileAtomically(JoinPath(staging, kTestResultsFile),
+                                      test_results.dump(2) + "\n"));
 
   // ---- manifest, then the atomic rename ------------------------------------
   json blocks = json::array();
@@ -592,6 +702,14 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
                {"layers", layer_list},
                {"formats", formats},
                {"evaluation", evaluation}};
+  {
+    // The model card names the base model; a spec run directly through the
+    // engine (no coordinator) may not carry "model": name the directory.
+    json card = body;
+    if (!card["spec"].is_object()) card["spec"] = json::object();
+    if (!card["spec"].contains("model")) card["spec"]["model"] = req.model_dir;
+    RETURN_IF_ERROR(WriteDeliverable(staging, card, test_results));
+  }
   ASSIGN_OR_RETURN(json manifest, WriteManifest(staging, std::move(body)));
   RETURN_IF_ERROR(FsyncPath(staging));
   RETURN_IF_ERROR(RenameDurably(staging, req.out_dir));
