@@ -301,6 +301,13 @@ absl::StatusOr<ValidatedSpec> ValidateSpec(const ModelResolverOptions& options,
                      absl::StrCat(v, " is outside [-1, 1]"));
     }
   }
+  if (ev.has_min_recall_at_1()) {
+    double v = ev.min_recall_at_1();
+    if (!std::isfinite(v) || v < 0 || v > 1) {
+      return Invalid("evaluation.min_recall_at_1",
+                     absl::StrCat(v, " is outside [0, 1]"));
+    }
+  }
   if (ev.has_eval_samples() && ev.eval_samples() <= 0) {
     return Invalid("evaluation.eval_samples",
                    absl::StrCat(ev.eval_samples(), " must be > 0"));

@@ -131,6 +131,12 @@ TEST_F(SpecValidationTest, ModelConfinedToRoots) {
                   .ok());
   ExpectError(R"({"model":"m","evaluation":{"eval_path":"nope.jsonl"}})",
               "evaluation.eval_path");
+  ExpectError(R"({"model":"m","evaluation":{"min_recall_at_1":1.5}})",
+              "evaluation.min_recall_at_1: 1.5 is outside [0, 1]");
+  ExpectError(R"({"model":"m","evaluation":{"min_recall_at_1":-0.1}})",
+              "evaluation.min_recall_at_1");
+  EXPECT_TRUE(Check(R"({"model":"m","evaluation":{"min_recall_at_1":0.8}})")
+                  .ok());
   EXPECT_TRUE(Check(R"({"model":"m","calibration":{"path":"calib.jsonl"},
                         "evaluation":{"eval_path":"calib.jsonl"}})")
                   .ok());
