@@ -16,6 +16,9 @@ export PATH=$R/usr/bin:$PATH
 export PKG_CONFIG_PATH=$R/usr/lib/x86_64-linux-gnu/pkgconfig:$R/usr/share/pkgconfig
 export PKG_CONFIG_SYSROOT_DIR=$R
 export TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+# The wheel's NCCL (nvidia-nccl-cu13): headers and libnccl.so.2.
+export NCCL_ROOT=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null)
+export LD_LIBRARY_PATH=${NCCL_ROOT:+$NCCL_ROOT/lib:}$LD_LIBRARY_PATH
 # Keep NVLink multicast off (shared hosts).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 rh_gpu_configure() {

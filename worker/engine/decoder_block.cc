@@ -1,6 +1,7 @@
 #include "worker/engine/decoder_block.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <utility>
@@ -79,6 +80,79 @@ double LowestValue(c10::ScalarType dtype) {
     default:
       return std::numeric_limits<float>::lowest();
   }
+}
+
+// [B,nKV,T,D] -> [B,nH,T,D]: query head j uses kv head j / rep.
+torch::Tensor RepeatKv(const torch::Tensor& x, int64_t rep) {
+  if (rep == 1) return x;
+  const int64_t b = x.size(0), nkv = x.size(1), t = x.size(2), d = x.size(3);
+  return x.unsqueeze(2).expand({b, nkv, rep, t, d}).reshape({b, nkv * rep, t, d});
+}
+
+// Key j is visible to query i iff j <= i and key j is a real token.
+torch::Tensor AllowedKeys(const torch::Tensor& mask, int64_t seq) {
+  const int64_t batch = mask.size(0);
+  auto bool_opts =
+      torch::TensorOptions().dtype(torch::kBool).device(mask.device());
+  torch::Tensor causal = torch::ones({seq, seq}, bool_opts).tril();
+  return causal.view({1, 1, seq, seq}) & (mask != 0).view({batch, 1, 1, seq});
+}
+
+// q [B,nH,T,D], k/v [B,nKV,T,D] -> [B,nH,T,D]; HF's eager attention.
+torch::Tensor EagerAttention(const torch::Tensor& q, const torch::Tensor& k,
+                             const torch::Tensor& v, const torch::Tensor& mask,
+                             int64_t rep) {
+  const int64_t d = q.size(3), seq = q.size(2);
+  torch::Tensor kr = RepeatKv(k, rep), vr = RepeatKv(v, rep);
+  torch::Tensor scores =
+      torch::matmul(q, kr.transpose(2, 3)) * std::pow(double(d), -0.5);
+  // finfo(dtype).min, as in the eager path's additive mask: fully masked
+  // rows stay finite (uniform weights) instead of NaN.
+  scores = scores.masked_fill(AllowedKeys(mask, seq).logical_not(),
+                              LowestValue(q.scalar_type()));
+  torch::Tensor probs =
+      torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
+  return torch::matmul(probs, vr);
+}
+
+// The same function through scaled_dot_product_attention.
+torch::Tensor FusedAttention(const torch::Tensor& q, const torch::Tensor& k,
+                             const torch::Tensor& v, const torch::Tensor& mask,
+                             bool no_padding, int64_t rep) {
+#if TORCH_VERSION_MAJOR >= 2
+  const int64_t seq = q.size(2);
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 5
+  // The kernels read the shared kv heads directly (no repeat copy).
+  const bool gqa = rep > 1;
+  const torch::Tensor& kk = k;
+  const torch::Tensor& vv = v;
+#else
+  const bool gqa = false;
+  torch::Tensor kk = RepeatKv(k, rep), vv = RepeatKv(v, rep);
+#endif
+  if (no_padding) {
+    return at::scaled_dot_product_attention(q, kk, vv, {}, 0.0,
+                                            /*is_causal=*/true, c10::nullopt
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 5
+                                            , gqa
+#endif
+    );
+  }
+  // Padding query rows would see no key at all (NaN in some kernels): let
+  // them see every key instead. Their outputs are masked out of the loss
+  // and, as keys, stay invisible to real tokens.
+  torch::Tensor allowed = AllowedKeys(mask, seq) |
+                          (mask == 0).view({mask.size(0), 1, seq, 1});
+  return at::scaled_dot_product_attention(q, kk, vv, allowed, 0.0,
+                                          /*is_causal=*/false, c10::nullopt
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 5
+                                          , gqa
+#endif
+  );
+#else
+  (void)q, (void)k, (void)v, (void)mask, (void)no_padding, (void)rep;
+  TORCH_CHECK(false, "fused attention needs libtorch >= 2.0");
+#endif
 }
 
 }  // namespace
@@ -185,10 +259,20 @@ std::pair<torch::Tensor, torch::Tensor> RopeCosSin(
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }
 
+bool FusedAttentionAvailable(const c10::Device& device) {
+#if TORCH_VERSION_MAJOR >= 2
+  return device.is_cuda();
+#else
+  (void)device;
+  return false;
+#endif
+}
+
 torch::Tensor DecoderBlockForward(
     const BlockConfig& c, const BlockWeights& weights,
     const torch::Tensor& hidden, const torch::Tensor& attention_mask,
-    const std::map<std::string, torch::Tensor>* linear_override) {
+    const std::map<std::string, torch::Tensor>* linear_override,
+    const BlockForwardOptions& options) {
   TORCH_CHECK(hidden.dim() == 3 && hidden.size(2) == c.hidden_size,
               "DecoderBlockForward: hidden must be [B,T,", c.hidden_size, "]");
   TORCH_CHECK(attention_mask.dim() == 2 &&
@@ -197,7 +281,6 @@ torch::Tensor DecoderBlockForward(
               "DecoderBlockForward: attention_mask must be [B,T]");
   const int64_t batch = hidden.size(0), seq = hidden.size(1);
   const int64_t nh = c.num_heads, nkv = c.num_kv_heads, d = c.head_dim;
-  const c10::ScalarType dtype = hidden.scalar_type();
   const torch::Tensor mask = attention_mask.to(hidden.device());
 
   // --- self attention ---
@@ -224,31 +307,22 @@ torch::Tensor DecoderBlockForward(
   q = q * cos + RotateHalf(q) * sin;
   k = k * cos + RotateHalf(k) * sin;
 
-  if (nkv != nh) {  // repeat_kv: query head j uses kv head j / (nH/nKV)
-    const int64_t rep = nh / nkv;
-    k = k.unsqueeze(2)
-            .expand({batch, nkv, rep, seq, d})
-            .reshape({batch, nh, seq, d});
-    v = v.unsqueeze(2)
-            .expand({batch, nkv, rep, seq, d})
-            .reshape({batch, nh, seq, d});
+  // Benchmarks compare against the eager path with this switch.
+  static const bool fused_off = [] {
+    const char* v = std::getenv("RH_DISABLE_FUSED_ATTENTION");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  torch::Tensor attn;
+  if (options.fused_attention && !fused_off &&
+      FusedAttentionAvailable(hidden.device())) {
+    attn = FusedAttention(q, k, v, mask, options.no_padding, nh / nkv)
+               .transpose(1, 2)
+               .reshape({batch, seq, nh * d});
+  } else {
+    attn = EagerAttention(q, k, v, mask, nh / nkv)
+               .transpose(1, 2)
+               .reshape({batch, seq, nh * d});
   }
-
-  torch::Tensor scores =
-      torch::matmul(q, k.transpose(2, 3)) * std::pow(double(d), -0.5);
-  // Key j is visible to query i iff j <= i and key j is a real token.
-  auto bool_opts =
-      torch::TensorOptions().dtype(torch::kBool).device(hidden.device());
-  torch::Tensor causal = torch::ones({seq, seq}, bool_opts).tril();
-  torch::Tensor allowed =
-      causal.view({1, 1, seq, seq}) & (mask != 0).view({batch, 1, 1, seq});
-  // finfo(dtype).min, as in the eager path's additive mask: fully masked
-  // rows stay finite (uniform weights) instead of NaN.
-  scores = scores.masked_fill(allowed.logical_not(), LowestValue(dtype));
-  torch::Tensor probs =
-      torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
-  torch::Tensor attn =
-      torch::matmul(probs, v).transpose(1, 2).reshape({batch, seq, nh * d});
   attn = Linear(weights, linear_override, "self_attn.o_proj", attn);
   torch::Tensor x = hidden + attn;
 

@@ -65,13 +65,35 @@ absl::Status ValidateBlockWeights(const BlockConfig& config,
 // suffix (e.g. "self_attn.q_proj" -> QDQ weight during tuning; gradients
 // flow into them). Biases still come from `weights`.
 //
+// Attention: on CUDA tensors with libtorch >= 2.0 the block calls
+// scaled_dot_product_attention (flash / memory-efficient kernels; no
+// [B,nH,T,T] score tensor is kept for backward) unless
+// options.fused_attention is false; elsewhere, and always on the CPU, the
+// eager path above (so CPU results do not depend on the libtorch build).
+// With options.no_padding the caller promises attention_mask is all ones,
+// which lets the fused path use its causal-only kernel (no mask tensor, no
+// host synchronisation). Padding query rows are left finite but differ
+// between the two paths; they are masked out of every loss and never seen
+// as keys. Env RH_DISABLE_FUSED_ATTENTION=1 forces the eager path
+// (benchmarks).
+//
 // Precondition: ValidateBlockWeights(config, weights) is OK; otherwise
 // throws c10::Error (callers at the engine edge convert it to a Status).
 // Returns [B,T,H] in the dtype of hidden.
+struct BlockForwardOptions {
+  bool fused_attention = true;  // see above; false forces the eager path
+  bool no_padding = false;      // attention_mask is all ones (caller's promise)
+};
+
+// True when this build can run fused attention on `device` (CUDA device and
+// libtorch >= 2.0).
+bool FusedAttentionAvailable(const c10::Device& device);
+
 torch::Tensor DecoderBlockForward(
     const BlockConfig& config, const BlockWeights& weights,
     const torch::Tensor& hidden, const torch::Tensor& attention_mask,
-    const std::map<std::string, torch::Tensor>* linear_override = nullptr);
+    const std::map<std::string, torch::Tensor>* linear_override = nullptr,
+    const BlockForwardOptions& options = {});
 
 // HF RMSNorm over the last dim: x.float() * rsqrt(mean(x^2) + eps), cast
 // back to x's dtype, then multiplied by weight.

@@ -329,6 +329,63 @@ TEST(DecoderBlockTest, PositionIdsFromMask) {
 
 // Parity with Hugging Face transformers: the file is written by
 // worker/engine/tools/block_parity.py on a machine with transformers.
+double RelErr(const torch::Tensor& a, const torch::Tensor& b) {
+  torch::Tensor bf = b.to(torch::kFloat64);
+  return ((a.to(torch::kFloat64) - bf).norm() / bf.norm()).item<double>();
+}
+
+// Fused attention (CUDA, libtorch >= 2) against the eager path on the same
+// device: outputs of real tokens and the gradient of an override weight.
+// Tolerances: fp32 1e-4 (the kernels reorder the softmax sums), bf16 1e-2
+// normwise (one bf16 step).
+TEST(DecoderBlockCudaTest, FusedAttentionMatchesEager) {
+  if (!torch::cuda::is_available() ||
+      !FusedAttentionAvailable(torch::Device(torch::kCUDA, 0))) {
+    GTEST_SKIP() << "needs CUDA and libtorch >= 2.0 (fused attention)";
+  }
+  BlockConfig c = Qwen3Tiny();
+  c.hidden_size = 256;
+  c.num_heads = 8;
+  c.num_kv_heads = 2;
+  c.head_dim = 64;
+  c.intermediate_size = 512;
+  for (c10::ScalarType dtype : {torch::kFloat32, torch::kBFloat16}) {
+    for (bool padded : {false, true}) {
+      SCOPED_TRACE(std::string(c10::toString(dtype)) +
+                   (padded ? " padded" : " unpadded"));
+      BlockWeights w = RandomWeights(c, 21);
+      for (auto& [name, t] : w) t = t.to(torch::kCUDA).to(dtype);
+      torch::manual_seed(22);
+      const int64_t b = 3, t = 96;
+      torch::Tensor x = torch::randn({b, t, c.hidden_size}).to(torch::kCUDA)
+                            .to(dtype);
+      torch::Tensor mask = torch::ones({b, t}, torch::kInt64);
+      if (padded) mask[1].narrow(0, 0, 17).zero_();
+      mask = mask.to(torch::kCUDA);
+      const double tol = dtype == torch::kFloat32 ? 1e-4 : 1e-2;
+      std::vector<torch::Tensor> outs, grads;
+      for (bool fused : {false, true}) {
+        torch::Tensor wq = w.at("self_attn.q_proj.weight").detach().clone()
+                               .set_requires_grad(true);
+        std::map<std::string, torch::Tensor> ov = {{"self_attn.q_proj", wq}};
+        BlockForwardOptions fo;
+        fo.fused_attention = fused;
+        fo.no_padding = !padded;
+        torch::Tensor y = DecoderBlockForward(c, w, x, mask, &ov, fo);
+        torch::Tensor real = mask.to(torch::kBool).unsqueeze(-1);
+        torch::Tensor loss = (y.to(torch::kFloat32) * real).pow(2).mean();
+        loss.backward();
+        outs.push_back(y.masked_select(real).to(torch::kFloat32).cpu());
+        grads.push_back(wq.grad().to(torch::kFloat32).cpu());
+      }
+      EXPECT_LT(RelErr(outs[1], outs[0]), tol);
+      EXPECT_LT(RelErr(grads[1], grads[0]), dtype == torch::kFloat32 ? 1e-3
+                                                                    : 3e-2);
+      EXPECT_FALSE(outs[1].isnan().any().item<bool>());
+    }
+  }
+}
+
 TEST(DecoderBlockTest, ParityWithTransformers) {
   const char* path = std::getenv("RH_PARITY_FILE");
   if (path == nullptr || *path == '\0') {

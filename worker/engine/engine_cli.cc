@@ -34,7 +34,7 @@ constexpr char kUsage[] =
     "\n"
     "commands:\n"
     "  quantize --model DIR --spec FILE --out DIR [--checkpoint-dir DIR]\n"
-    "           [--device cpu|cuda] [--low-memory] [--threads N]\n"
+    "           [--device cpu|cuda] [--gpus N] [--low-memory] [--threads N]\n"
     "      quantize a checkpoint; JSON events on stdout; exit 0 ok,\n"
     "      2 invalid spec/model/data, 3 out of memory, 4 interrupted,\n"
     "      5 quality gate failed (artifact kept), 1 other error\n"
@@ -150,7 +150,7 @@ int RunQuantize(int argc, char** argv) {
   auto flags = Flags::Parse(
       argc, argv, 2,
       {"model", "spec", "out", "checkpoint-dir", "device", "low-memory",
-       "threads"},
+       "threads", "gpus"},
       {"low-memory"});
   if (!flags.ok()) {
     return ErrorExit("invalid_spec", std::string(flags.status().message()),
@@ -174,6 +174,14 @@ int RunQuantize(int argc, char** argv) {
                          req.device + "\")",
                      2);
   }
+  auto gpus = flags->Int("gpus", 1);
+  if (!gpus.ok() || *gpus < 1 || (*gpus > 1 && req.device != "cuda")) {
+    return ErrorExit("invalid_spec",
+                     "--gpus: must be an integer >= 1 (> 1 only with "
+                     "--device cuda)",
+                     2);
+  }
+  req.gpus = static_cast<int>(*gpus);
   auto threads = flags->Int("threads", 0);
   if (!threads.ok() || *threads < 0) {
     return ErrorExit("invalid_spec", "--threads: must be an integer >= 0", 2);

@@ -60,6 +60,9 @@ struct QuantizeRequest {
   std::string checkpoint_dir;
   JobConfig config;
   std::string device = "cpu";  // "cpu" or "cuda"
+  // CUDA: tune data-parallel over cuda:0 .. cuda:gpus-1 (the visible
+  // devices; the agent sets CUDA_VISIBLE_DEVICES). Must be >= 1.
+  int gpus = 1;
   // Keep the activation chains on the CPU between blocks and run the FP
   // forwards one sample at a time (slower, less device memory).
   bool low_memory = false;

@@ -6,9 +6,23 @@
 // Linear, minimising the masked MSE between the QDQ block on the quantized
 // input chain and the FP block output on the FP chain.
 //
-// Not thread-safe (mutates the quantizers). All tensors must be on one
-// device; the loop keeps the best-loss bookkeeping on that device, so the
-// only host synchronisation is at the end of the block.
+// Not thread-safe (mutates the quantizers). The loop keeps the best-loss
+// bookkeeping on the device, so the only host synchronisation is at the end
+// of the block (plus one check of the attention mask at its start).
+//
+// Execution strategies — they change speed and memory, never the algorithm:
+//  * CUDA: fused QDQ forward/backward kernels (LinearQuantizer), one fused
+//    signed-SGD kernel per tunable, fused attention, and (single device,
+//    data on the device) the fixed-shape iteration captured once as a CUDA
+//    graph and replayed. Results agree with the plain libtorch path within
+//    rounding (reduction order), not bit for bit; a given build and seed
+//    gives identical results run to run.
+//  * Several devices (options.devices): data parallel. Every iteration's
+//    batch is split across replicas of the block, the gradients of the
+//    tunables and the loss sums are all-reduced (NCCL on CUDA when built
+//    with it, device copies otherwise) before the identical sign step on
+//    every replica, so the result is the single-device algorithm's up to
+//    summation order.
 
 #include <torch/torch.h>
 
@@ -40,6 +54,18 @@ struct TuneOptions {
   // the order is identical on every platform); it is NOT Python's
   // `random`, so sample order differs from the reference.
   uint64_t seed = 42;
+
+  // Data-parallel replicas, first = the device of `weights` (empty: that
+  // device alone). Replica r > 0 gets copies of the block, the quantizers
+  // and the calibration tensors.
+  std::vector<c10::Device> devices;
+  // CUDA only (ignored elsewhere): capture the iteration as a CUDA graph
+  // (single device, calibration tensors on the device, fused kernels
+  // available). Env RH_DISABLE_CUDA_GRAPHS=1 turns it off globally.
+  bool cuda_graphs = true;
+  // CUDA only: fused signed-SGD step kernel. Env RH_DISABLE_FUSED_STEP=1
+  // turns it off globally.
+  bool fused_step = true;
 };
 
 struct TuneResult {
@@ -52,6 +78,9 @@ struct TuneResult {
   // Final QDQ results from the kept parameters, by Linear suffix (the keys
   // of `quantizers`).
   std::map<std::string, QdqResult> layers;
+  // How the loop ran (for benchmarks and the block event).
+  bool used_cuda_graph = false;
+  int replicas = 1;
 };
 
 // Tunes one block. q_in [N,T,H]: block inputs on the quantized chain;
