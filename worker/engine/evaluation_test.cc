@@ -279,6 +279,55 @@ TEST_P(EvaluateTest, RejectsMissingSamplesAndUnknownPackedParams) {
               HasSubstr("model.layers.0.mlp.up_proj"));
 }
 
+// The ColQwen3 retrieval gate: identical models pass any threshold; a
+// model with another (random) projection head ranks differently and fails
+// min_recall_at_1 = 1; a pool that cannot be built fails a set threshold.
+TEST_P(EvaluateTest, RecallGate) {
+  if (GetParam() != "colqwen3") GTEST_SKIP() << "ColQwen3 only";
+  EvaluationThresholds thr;
+  thr.min_token_cosine_similarity = -1;
+  thr.min_recall_at_1 = 1.0;
+  auto same = EvaluateQuantizedModel(Input(ckpt_.get()), thr);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_TRUE(same->passed) << same->message;
+  EXPECT_EQ(same->gate["min_recall_at_1"], 1.0);
+
+  const std::string other = JoinPath(root_, "other_head");
+  {
+    torch::manual_seed(99);
+    SafetensorsWriter w(other, 0);
+    for (const std::string& n : ckpt_->TensorNames()) {
+      auto t = ckpt_->Load(n);
+      ASSERT_TRUE(t.ok());
+      torch::Tensor c = t->clone();
+      if (n == *layout_.projection_weight) c = torch::randn_like(c);
+      ASSERT_TRUE(w.Add(n, c).ok());
+    }
+    ASSERT_TRUE(w.Finish().ok());
+  }
+  auto other_ckpt = Checkpoint::Open(other);
+  ASSERT_TRUE(other_ckpt.ok());
+  auto diff = EvaluateQuantizedModel(Input(other_ckpt->get()), thr);
+  ASSERT_TRUE(diff.ok()) << diff.status();
+  const double r1 = diff->metrics["retrieval"]["recall_at_1"];
+  EXPECT_LT(r1, 1.0);
+  EXPECT_FALSE(diff->passed);
+  EXPECT_THAT(diff->message, HasSubstr("retrieval recall@1"));
+  // The hidden states before the head are untouched.
+  EXPECT_NEAR(diff->metrics["hidden_states"]["token_cosine_similarity"]
+                  ["mean"].get<double>(),
+              1.0, 1e-9);
+
+  EvaluationInput one = Input(ckpt_.get());
+  one.ids = ids_.slice(0, 0, 1);
+  one.mask = mask_.slice(0, 0, 1);
+  auto skipped = EvaluateQuantizedModel(one, thr);
+  ASSERT_TRUE(skipped.ok()) << skipped.status();
+  EXPECT_FALSE(skipped->passed);
+  EXPECT_THAT(skipped->message, HasSubstr("fewer than 2 evaluation samples"));
+  EXPECT_FALSE(skipped->metrics.contains("retrieval"));
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, EvaluateTest,
                          ::testing::Values("llama", "colqwen3"));
 
