@@ -77,7 +77,32 @@ torch::Tensor UnpackDim0(const torch::Tensor& packed, int bits, int64_t n) {
   return t;
 }
 
+// UnpackDim0 in tensor ops on the packed tensor's own device (a GPU
+// dequantizes without a round trip through the host), for bit widths that
+// divide 32, where no value straddles two words: word w holds values
+// w*k .. w*k+k-1 (k = 32/bits) at shifts 0, bits, 2*bits, ...
+torch::Tensor UnpackDim0OnDevice(const torch::Tensor& packed, int bits,
+                                 int64_t n) {
+  const int64_t per = 32 / bits;
+  torch::Tensor p = packed.to(torch::kInt64).bitwise_and(static_cast<int64_t>(0xFFFFFFFF));
+  torch::Tensor shifts =
+      torch::arange(0, 32, bits, p.options()).view({1, per, 1});
+  torch::Tensor v = p.unsqueeze(1).__rshift__(shifts).bitwise_and(
+      (int64_t{1} << bits) - 1);
+  return v.reshape({p.size(0) * per, p.size(1)}).narrow(0, 0, n);
+}
+
 constexpr std::array<int, 8> kAwqOrder = {0, 4, 1, 5, 2, 6, 3, 7};
+
+// UnpackAwq in tensor ops on the packed tensor's device.
+torch::Tensor UnpackAwqOnDevice(const torch::Tensor& packed) {
+  torch::Tensor p = packed.to(torch::kInt64).bitwise_and(static_cast<int64_t>(0xFFFFFFFF));
+  std::vector<int64_t> order(kAwqOrder.begin(), kAwqOrder.end());
+  torch::Tensor shifts =
+      torch::tensor(order, torch::kInt64).mul(4).to(p.device()).view({1, 1, 8});
+  torch::Tensor v = p.unsqueeze(-1).__rshift__(shifts).bitwise_and(0xF);
+  return v.reshape({p.size(0), p.size(1) * 8});
+}
 
 // AWQ: values [r, m] (4-bit), 8 consecutive columns per word, column j of a
 // run in nibble kAwqOrder[j]. Returns int32 [r, m/8].
@@ -95,24 +120,6 @@ torch::Tensor PackAwq(const torch::Tensor& values) {
                 << (4 * kAwqOrder[j]);
       }
       dst[i * (m / 8) + w] = word;
-    }
-  }
-  return t;
-}
-
-torch::Tensor UnpackAwq(const torch::Tensor& packed) {
-  torch::Tensor p = packed.contiguous().cpu();
-  const int64_t r = p.size(0), words = p.size(1);
-  torch::Tensor t = torch::empty({r, words * 8}, torch::kInt64);
-  const uint32_t* src =
-      reinterpret_cast<const uint32_t*>(p.data_ptr<int32_t>());
-  int64_t* dst = t.data_ptr<int64_t>();
-  for (int64_t i = 0; i < r; ++i) {
-    for (int64_t w = 0; w < words; ++w) {
-      const uint32_t word = src[i * words + w];
-      for (int j = 0; j < 8; ++j) {
-        dst[i * words * 8 + w * 8 + j] = (word >> (4 * kAwqOrder[j])) & 0xF;
-      }
     }
   }
   return t;
@@ -285,16 +292,21 @@ absl::StatusOr<torch::Tensor> DequantizePacked(
     if (!qw.ok()) return qw.status();
     auto qz = Get(tensors, "qzeros", torch::kInt32, {l.ngroups, l.out / 8});
     if (!qz.ok()) return qz.status();
-    codes = UnpackAwq(*qw).t();
-    zeros = UnpackAwq(*qz).t();
+    codes = UnpackAwqOnDevice(*qw).t();
+    zeros = UnpackAwqOnDevice(*qz).t();
   } else {
     auto qw = Get(tensors, "qweight", torch::kInt32, {l.in * b / 32, l.out});
     if (!qw.ok()) return qw.status();
     auto qz =
         Get(tensors, "qzeros", torch::kInt32, {l.ngroups, l.out * b / 32});
     if (!qz.ok()) return qz.status();
-    codes = UnpackDim0(*qw, b, l.in).t();
-    zeros = UnpackDim0(qz->t(), b, l.out);
+    if (32 % b == 0) {
+      codes = UnpackDim0OnDevice(*qw, b, l.in).t();
+      zeros = UnpackDim0OnDevice(qz->t(), b, l.out);
+    } else {  // 3 bits: values straddle words; the host loop handles it
+      codes = UnpackDim0(*qw, b, l.in).t().to(qw->device());
+      zeros = UnpackDim0(qz->t(), b, l.out).to(qw->device());
+    }
     if (ZerosMinusOne(packing)) {
       zeros = (zeros + 1).remainder(int64_t{1} << b);
     }
@@ -303,7 +315,7 @@ absl::StatusOr<torch::Tensor> DequantizePacked(
       if (!gi.ok()) return gi.status();
       torch::Tensor expected =
           torch::arange(l.in, torch::kInt32).div(l.group, "floor");
-      if (!torch::equal(gi->cpu(), expected)) {
+      if (!torch::equal(*gi, expected.to(gi->device()))) {
         return absl::InvalidArgumentError(
             "packed tensor g_idx is not i / group_size (act-order "
             "checkpoints are not supported)");
@@ -312,7 +324,7 @@ absl::StatusOr<torch::Tensor> DequantizePacked(
   }
   auto sc = Get(tensors, "scales", torch::kFloat16, {l.ngroups, l.out});
   if (!sc.ok()) return sc.status();
-  scales = sc->cpu().t().to(torch::kFloat32);  // [out, ng]
+  scales = sc->t().to(codes.device(), torch::kFloat32);  // [out, ng]
   torch::Tensor z_full = zeros.repeat_interleave(l.group, 1).narrow(1, 0, l.in);
   torch::Tensor s_full =
       scales.repeat_interleave(l.group, 1).narrow(1, 0, l.in);

@@ -71,7 +71,9 @@ absl::StatusOr<PackedLinear> PackLinear(
 // The exact inverse: W [out, in] float32 = (u - zero) * scale. For a QDQ
 // computed from an fp32 weight, DequantizePacked(PackLinear(r)) equals
 // r.weight_qdq bit for bit. InvalidArgument naming the tensor when one is
-// missing or has the wrong dtype/shape.
+// missing or has the wrong dtype/shape. Runs on the device of the packed
+// tensors (all on one device) and returns the weight there; 3-bit layouts
+// unpack through the host.
 absl::StatusOr<torch::Tensor> DequantizePacked(
     Packing packing, const std::map<std::string, torch::Tensor>& tensors,
     const QuantParams& params, int64_t out_features, int64_t in_features);
