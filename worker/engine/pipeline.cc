@@ -142,15 +142,19 @@ torch::Tensor ForwardBlock(const BlockConfig& cfg, const BlockWeights& w,
                            const std::map<std::string, torch::Tensor>* over,
                            int64_t chunk, torch::Device device) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> outs;
+  BlockForwardOptions fo;
+  fo.no_padding = mask.ne(0).all().item<bool>();
+  // Chunks are written into one preallocated chain instead of being
+  // concatenated at the end, which would hold the chain twice at the peak.
+  torch::Tensor out = torch::empty_like(x);
   const int64_t n = x.size(0);
   for (int64_t s = 0; s < n; s += chunk) {
     const int64_t e = std::min(n, s + chunk);
-    outs.push_back(DecoderBlockForward(cfg, w, x.slice(0, s, e).to(device),
-                                       mask.slice(0, s, e), over)
-                       .to(x.device()));
+    out.slice(0, s, e).copy_(DecoderBlockForward(cfg, w,
+                                                 x.slice(0, s, e).to(device),
+                                                 mask.slice(0, s, e), over, fo));
   }
-  return torch::cat(outs, 0);
+  return out;
 }
 
 void ToTensors(const std::vector<calibration::Sample>& samples,
