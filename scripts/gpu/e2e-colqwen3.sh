@@ -37,5 +37,5 @@ tail -25 $OUT/submit.out
 art=$(ls -d $RH_TMP/artifacts/*/ 2>/dev/null | head -1)
 echo "artifact: $art"; ls -la "$art" | head -20; du -sh "$art"
 cp "$art/test_results.json" "$art/manifest.json" "$art/README.md" $OUT/ 2>/dev/null
-grep -h '"block"' $RH_TMP/work/*/*.log 2>/dev/null | tail -3
+agent_jobs=$RH_TMP/work; grep -h '"block"' $agent_jobs/*/*.log 2>/dev/null | tail -3
 cp $RH_TMP/w1.log $OUT/worker.log; cp $RH_TMP/coord.log $OUT/coord.log

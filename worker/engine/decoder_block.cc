@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/env_switch.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -308,10 +309,7 @@ torch::Tensor DecoderBlockForward(
   k = k * cos + RotateHalf(k) * sin;
 
   // Benchmarks compare against the eager path with this switch.
-  static const bool fused_off = [] {
-    const char* v = std::getenv("RH_DISABLE_FUSED_ATTENTION");
-    return v != nullptr && std::string(v) == "1";
-  }();
+  static const bool fused_off = EnvSwitchOn("RH_DISABLE_FUSED_ATTENTION");
   torch::Tensor attn;
   if (options.fused_attention && !fused_off &&
       FusedAttentionAvailable(hidden.device())) {

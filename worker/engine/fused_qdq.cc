@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/env_switch.h"
 #ifdef ROUNDHOUSE_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -24,8 +25,7 @@ bool FusedKernelsCompiled() {
 
 bool FusedQdqEnabledByEnv() {
   if (!FusedKernelsCompiled()) return false;
-  const char* off = std::getenv("RH_DISABLE_FUSED_QDQ");
-  return off == nullptr || std::strcmp(off, "1") != 0;
+  return !EnvSwitchOn("RH_DISABLE_FUSED_QDQ");
 }
 
 #ifdef ROUNDHOUSE_WITH_CUDA

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/env_switch.h"
 #include "worker/engine/fused_qdq.h"
 #include "worker/engine/grad_reducer.h"
 
@@ -141,11 +142,6 @@ absl::Status CheckInputs(const BlockConfig& config, const BlockWeights& weights,
   return absl::OkStatus();
 }
 
-bool EnvIsOne(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && std::string(v) == "1";
-}
-
 // One data-parallel replica: the block, its quantizers and its views of the
 // calibration data on one device. Replica 0 uses the caller's objects.
 struct Replica {
@@ -201,7 +197,8 @@ absl::StatusOr<TuneResult> TuneBlock(
     const int evals = std::max(o.iters, 1);
     const bool train = o.iters > 0;
     const int num_replicas = static_cast<int>(devices.size());
-    const bool fused_step = o.fused_step && !EnvIsOne("RH_DISABLE_FUSED_STEP") &&
+    const bool fused_step = o.fused_step &&
+                            !EnvSwitchOn("RH_DISABLE_FUSED_STEP") &&
                             FusedKernelsCompiled() && dev0.is_cuda();
 
     BlockForwardOptions fwd;
@@ -463,7 +460,7 @@ absl::StatusOr<TuneResult> TuneBlock(
     const int graph_end = o.not_use_best_mse ? evals - 1 : evals;
     if (train && dev0.is_cuda() && num_replicas == 1 && fused_step &&
         data_on_device && o.cuda_graphs &&
-        !EnvIsOne("RH_DISABLE_CUDA_GRAPHS") && graph_end - kWarmup >= 2) {
+        !EnvSwitchOn("RH_DISABLE_CUDA_GRAPHS") && graph_end - kWarmup >= 2) {
       c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(
           /*isHighPriority=*/false, dev0.index());
       // Inputs were produced on the current stream.
