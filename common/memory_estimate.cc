@@ -111,6 +111,14 @@ LinearGeometry Geometry(int64_t out, int64_t in, int group_size) {
 
 }  // namespace
 
+int64_t ForwardChunkSamples(int64_t nsamples, int64_t seqlen, int batch_size,
+                            bool low_memory) {
+  if (low_memory || nsamples <= 1) return 1;
+  const int64_t by_tokens =
+      std::max<int64_t>(1, kForwardChunkTokens / std::max<int64_t>(1, seqlen));
+  return std::min(nsamples, std::max<int64_t>(by_tokens, batch_size));
+}
+
 absl::StatusOr<ModelShape> ModelShapeFromConfig(const json& config) {
   if (!config.is_object()) {
     return absl::InvalidArgumentError(
@@ -313,7 +321,7 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
   e.micro_batch = (whole_mb + options.gpus - 1) / options.gpus;
   // pipeline.cc: chunk of the no-grad block forwards.
   e.forward_chunk =
-      options.low_memory ? 1 : std::min<int64_t>(n, in.batch_size);
+      ForwardChunkSamples(n, t, in.batch_size, options.low_memory);
 
   e.context_bytes = cuda ? options.cuda_context_bytes : 0;
 
@@ -357,12 +365,12 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
     // move one sample at a time.
     e.chains_tuning = 0;
     e.chains_forward = 0;
-  } else if (in.enable_quanted_input) {
-    e.chains_tuning = 3;   // fp_in, q_in, fp_out
-    e.chains_forward = 5;  // + q_next's chunk outputs and their cat
   } else {
-    e.chains_tuning = 2;   // q_in is fp_in
-    e.chains_forward = 3;  // fp_in, fp_out's chunks and cat
+    // pipeline.cc: fp_out overwrites fp_in in place (or fp_in is q_in and
+    // fp_out is new), q_next overwrites q_in: two chains at every phase;
+    // a chunk's output is in forward_transient_bytes.
+    e.chains_tuning = 2;   // q_in, fp_out
+    e.chains_forward = 2;  // q_in (becoming q_next), fp_out
   }
   // attention mask and loss mask int64 [N,T], loss mask as fp32 [N,T].
   e.masks_bytes = n * t * (8 + 8 + 4);
@@ -385,11 +393,22 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
   int64_t saved = hid * eb                 // input-norm output (q/k/v input)
                   + 2 * d * eb             // RoPE cos/sin
                   + attn_saved + qdim * eb  // o_proj input
-                  + hid * 4 + 4            // post-norm fp32 input, rsqrt
-                  + hid * eb               // gate/up input
-                  + 4 * inter * eb         // gate, silu, up, down input
-                  + hid * 4 + 4;           // loss diff, loss mask
-  if (model.qk_norm) saved += (qdim + kvdim) * 4 + (nh + nkv) * 4;
+                  + hid * eb;              // gate/up input
+  if (e.fused_kernels) {
+    // fused_block_ops.h (same CUDA build as the QDQ kernels): RMSNorm keeps
+    // its input in the compute dtype and one fp32 per row, SwiGLU keeps
+    // gate and up (not the SiLU output), the loss keeps the block output.
+    saved += 4                   // input-norm rsqrt
+             + hid * eb + 4      // post-norm input, rsqrt
+             + 3 * inter * eb    // gate, up, down input
+             + hid * eb;         // loss: block output
+    if (model.qk_norm) saved += (qdim + kvdim) * eb + (nh + nkv) * 4;
+  } else {
+    saved += hid * 4 + 4         // post-norm fp32 input, rsqrt
+             + 4 * inter * eb    // gate, silu, up, down input
+             + hid * 4 + 4;      // loss diff, loss mask
+    if (model.qk_norm) saved += (qdim + kvdim) * 4 + (nh + nkv) * 4;
+  }
   const int64_t back_tmp =
       std::max({3 * inter * eb, attn_back, 2 * hid * 4}) + 2 * hid * 4;
   const int64_t fwd_tmp = std::max(4 * inter * eb, attn_fwd + qdim * eb) +
@@ -442,7 +461,8 @@ absl::StatusOr<MemoryEstimate> EstimatePeakMemory(
     // then holds hidden plus two fp32 copies.
     const int64_t chains = std::max(3 * e.evaluation_chain_bytes,
                                     ev * t * hid * (eb + 8));
-    const int64_t chunk = std::min<int64_t>(ev, in.batch_size);
+    const int64_t chunk =
+        ForwardChunkSamples(ev, t, in.batch_size, options.low_memory);
     e.evaluation_bytes = e.resident_model_bytes + chains + e.masks_bytes +
                          chunk * t * fwd_tmp;
   }

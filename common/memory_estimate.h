@@ -13,8 +13,9 @@
 // five). Phases:
 //  - tuning: one block's weights in the compute dtype (the embedding and
 //    the LM head stay on the host: tokens are embedded on the CPU); the
-//    activation chains [N,T,H] fp_in, q_in and fp_out (none in low-memory
-//    mode: TuneBlock streams micro-batches from the host); the micro-batch
+//    activation chains [N,T,H] q_in and fp_out (fp_out overwrote fp_in in
+//    place, or fp_in is q_in; none in low-memory mode: TuneBlock streams
+//    micro-batches from the host); the micro-batch
 //    buffers; per quantized weight element the rounding offset v (fp32),
 //    its gradient (fp32), the best copy (fp32) and the QDQ weight (compute
 //    dtype); with the libtorch QDQ path (CPU, or CUDA without the fused
@@ -23,12 +24,15 @@
 //    per micro-batch token the activations the decoder block saves for
 //    backward: with fused attention (CUDA) q, k, v, the output and the
 //    log-sum-exp, with eager attention (CPU) also the [B,heads,T,T]
-//    probabilities in fp32 and in the compute dtype;
+//    probabilities in fp32 and in the compute dtype; with the fused block
+//    ops (CUDA builds with the fused kernels) the RMSNorm, SwiGLU and loss
+//    steps keep compute-dtype inputs instead of the libtorch chains' fp32
+//    copies and SiLU output;
 //  - finalize: the end of TuneBlock, when every Linear's final QDQ results
 //    (int32 codes, QDQ weight) exist next to the tunables and best copies;
-//  - block_forward: the q_next forward after tuning (five chains: fp_in,
-//    q_in, fp_out, the chunk outputs and their concatenation) with the
-//    quantizers still alive;
+//  - block_forward: the q_next forward after tuning, written chunk by chunk
+//    over q_in in place (two chains: q_in and fp_out, plus one chunk's
+//    transients) with the quantizers still alive;
 //  - evaluation: evaluation.cc keeps the whole original language model
 //    (every block, the embedding, an untied LM head) resident on the device
 //    in the compute dtype while it runs the evaluation samples.
@@ -76,6 +80,17 @@ struct ModelShape {
 absl::StatusOr<ModelShape> ModelShapeFromConfig(const nlohmann::json& config);
 // Reads <model_dir>/config.json (NotFound / InvalidArgument naming the file).
 absl::StatusOr<ModelShape> ReadModelShape(const std::string& model_dir);
+
+// Samples per chunk of the pipeline's no-grad block forwards (the FP
+// target and the next quantized chain), shared with the engine so that the
+// estimate follows what it allocates. Chunks hold about kForwardChunkTokens
+// tokens, never fewer samples than the tuning micro-batch (batch_size) and
+// never more than `nsamples`: single-sample forwards of short sequences are
+// launch-bound (512 of them per block for 256 x 512 tokens at batch 1).
+// Low-memory mode moves one sample at a time. Result >= 1.
+inline constexpr int64_t kForwardChunkTokens = 4096;
+int64_t ForwardChunkSamples(int64_t nsamples, int64_t seqlen, int batch_size,
+                            bool low_memory);
 
 // The spec settings the estimate depends on, with the proto defaults.
 struct EstimateInputs {

@@ -98,8 +98,8 @@ TEST(MemoryEstimateTest, SmallModelOnCpuMatchesHandCount) {
   EXPECT_EQ(e->qdq_saved_bytes, 294912);    // 8*36864
   EXPECT_EQ(e->qdq_transient_bytes, 98304);  // 12 * 8192 (gate/up/down)
   EXPECT_EQ(e->chain_bytes, 32768);          // 8*16*64*4
-  EXPECT_EQ(e->chains_tuning, 3);
-  EXPECT_EQ(e->chains_forward, 5);
+  EXPECT_EQ(e->chains_tuning, 2);
+  EXPECT_EQ(e->chains_forward, 2);
   EXPECT_EQ(e->masks_bytes, 2560);           // 8*16*(8+8+4)
   EXPECT_EQ(e->micro_batch, 4);
   EXPECT_EQ(e->batch_buffers_bytes, 33536);  // 4*16*(2*64*4 + 12)
@@ -110,21 +110,22 @@ TEST(MemoryEstimateTest, SmallModelOnCpuMatchesHandCount) {
   // Backward: max(3*128*4, 4*16*12, 2*64*4) + 2*64*4 = 2048 per token.
   EXPECT_EQ(e->activations_transient_bytes, 64 * 2048);
   // No-grad forward: max(4*128*4, (64+64)*4 + 4*16*12 + 64*4) + 2*64*4 +
-  // 64*4 = 2816 per token, chunk of 4 samples.
-  EXPECT_EQ(e->forward_transient_bytes, 64 * 2816);
-  EXPECT_EQ(e->tuning_bytes, 147968 + 3 * 32768 + 2560 + 33536 +
+  // 64*4 = 2816 per token; 4096-token chunks cap at all 8 samples.
+  EXPECT_EQ(e->forward_chunk, 8);
+  EXPECT_EQ(e->forward_transient_bytes, 128 * 2816);
+  EXPECT_EQ(e->tuning_bytes, 147968 + 2 * 32768 + 2560 + 33536 +
                                  3 * 156672 + 156672 + 147456 + 294912 +
                                  98304 + 64 * 4776 + 64 * 2048);
-  EXPECT_EQ(e->tuning_bytes, 1886464);
+  EXPECT_EQ(e->tuning_bytes, 1853696);
   // Finalize: tunables and best copies, the grouped copies, int32 codes
   // and fp32 QDQ weights 8*36864, scales/zeros 6*1152, three fp32
   // temporaries of the largest Linear.
-  EXPECT_EQ(e->finalize_bytes, 147968 + 3 * 32768 + 2560 + 33536 +
+  EXPECT_EQ(e->finalize_bytes, 147968 + 2 * 32768 + 2560 + 33536 +
                                    2 * 156672 + 156672 + 8 * 36864 +
                                    6 * 1152 + 12 * 8192);
-  EXPECT_EQ(e->block_forward_bytes, 147968 + 5 * 32768 + 2560 +
+  EXPECT_EQ(e->block_forward_bytes, 147968 + 2 * 32768 + 2560 +
                                         156672 + 156672 + 147456 +
-                                        64 * 2816);
+                                        128 * 2816);
   // Evaluation: the resident model 4*(2 blocks * 36992 + tied embedding
   // 100*64 + final norm 64) = 321792; 4 samples, max(3 chains, hidden +
   // two fp32 copies) = 4*16*64*12 = 49152; masks; a chunk forward.
@@ -132,7 +133,7 @@ TEST(MemoryEstimateTest, SmallModelOnCpuMatchesHandCount) {
   EXPECT_EQ(e->evaluation_chain_bytes, 16384);
   EXPECT_EQ(e->evaluation_bytes, 321792 + 49152 + 2560 + 64 * 2816);
   EXPECT_EQ(e->peak_phase, "tuning");
-  EXPECT_EQ(e->total_bytes, 1886464);
+  EXPECT_EQ(e->total_bytes, 1853696);
 }
 
 TEST(MemoryEstimateTest, CudaAddsContextAndSlackAndUsesFusedPaths) {
@@ -150,10 +151,11 @@ TEST(MemoryEstimateTest, CudaAddsContextAndSlackAndUsesFusedPaths) {
   EXPECT_EQ(e->qdq_weights_bytes, 2 * 36864);
   // Fused attention per token: q,k,v,out (2*64 + 2*32)*2 + lse 4*4 + mask
   // 16 = 416 instead of the eager 3*64*2 + 4*16*6 + 32 = 800.
-  // Rest: h 128, cos/sin 64, o_proj input 128, post-norm 260, h2 128,
-  // MLP 4*128*2 = 1024, diff 260.
-  EXPECT_EQ(e->activations_saved_bytes, 64 * (416 + 128 + 64 + 128 + 260 +
-                                              128 + 1024 + 260));
+  // Rest: h 128, cos/sin 64, o_proj input 128, h2 128; fused block ops:
+  // input-norm rsqrt 4, post-norm input 128 + 4, MLP gate/up/down input
+  // 3*128*2 = 768, loss block output 128.
+  EXPECT_EQ(e->activations_saved_bytes, 64 * (416 + 128 + 64 + 128 + 128 +
+                                              4 + 132 + 768 + 128));
   const int64_t peak = std::max(
       {e->tuning_bytes, e->block_forward_bytes, e->evaluation_bytes});
   EXPECT_EQ(e->slack_bytes, (peak + 5) / 10);
@@ -168,6 +170,10 @@ TEST(MemoryEstimateTest, CudaWithoutFusedKernelsKeepsTorchQdqState) {
   EXPECT_EQ(e->grouped_copy_bytes, 8 * 1152 + 4 * 36864);
   EXPECT_EQ(e->qdq_saved_bytes, 8 * 36864);
   EXPECT_EQ(e->qdq_transient_bytes, 12 * 8192);
+  // The libtorch element-wise chains: fp32 post-norm input 260, gate,
+  // silu, up, down input 4*128*2, fp32 loss difference 260.
+  EXPECT_EQ(e->activations_saved_bytes, 64 * (416 + 128 + 64 + 128 + 128 +
+                                              260 + 1024 + 260));
 }
 
 TEST(MemoryEstimateTest, LowMemoryKeepsChainsOnTheHost) {
@@ -179,8 +185,20 @@ TEST(MemoryEstimateTest, LowMemoryKeepsChainsOnTheHost) {
   EXPECT_EQ(low->chains_forward, 0);
   EXPECT_EQ(low->forward_chunk, 1);
   EXPECT_EQ(normal->tuning_bytes - low->tuning_bytes,
-            3 * normal->chain_bytes);
+            2 * normal->chain_bytes);
   EXPECT_LT(low->total_bytes, normal->total_bytes);
+}
+
+TEST(MemoryEstimateTest, ForwardChunksHoldAboutFourThousandTokens) {
+  // Plan (a): 256 x 512 at batch 1 -> 8 samples; reference (b): 128 x 2048
+  // at batch 8 -> the micro-batch (16,384 tokens) is the floor.
+  EXPECT_EQ(ForwardChunkSamples(256, 512, 1, false), 8);
+  EXPECT_EQ(ForwardChunkSamples(128, 2048, 8, false), 8);
+  EXPECT_EQ(ForwardChunkSamples(128, 2048, 1, false), 2);
+  EXPECT_EQ(ForwardChunkSamples(4, 16, 1, false), 4);  // all samples
+  EXPECT_EQ(ForwardChunkSamples(64, 100000, 1, false), 1);  // long rows
+  EXPECT_EQ(ForwardChunkSamples(256, 512, 1, true), 1);  // low memory
+  EXPECT_EQ(ForwardChunkSamples(1, 512, 8, false), 1);
 }
 
 TEST(MemoryEstimateTest, SeveralGpusSplitTheMicroBatch) {

@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/files.h"
+#include "common/memory_estimate.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "worker/engine/checkpoint_store.h"
@@ -29,6 +30,8 @@
 #include "worker/engine/signround.h"
 #include "worker/engine/tokenizer/calibration.h"
 #include "worker/engine/versions.h"
+
+#include <torch/version.h>
 
 #ifdef ROUNDHOUSE_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -136,17 +139,18 @@ std::string DtypeName(c10::ScalarType t) {
   }
 }
 
-// FP (or, with `override`, QDQ) block forward over x [N,T,H] in chunks.
-torch::Tensor ForwardBlock(const BlockConfig& cfg, const BlockWeights& w,
-                           const torch::Tensor& x, const torch::Tensor& mask,
-                           const std::map<std::string, torch::Tensor>* over,
-                           int64_t chunk, torch::Device device) {
+// FP (or, with `over`, QDQ) block forward over x [N,T,H] in chunks of
+// `chunk` samples, written into `out` [N,T,H]. `out` may be `x` itself: the
+// block mixes tokens within a sample only, and each chunk's input is read
+// (on the stream) before its output is copied over it, so the forward
+// needs one chain, not two, plus one chunk's transients.
+void ForwardBlockInto(const BlockConfig& cfg, const BlockWeights& w,
+                      const torch::Tensor& x, const torch::Tensor& mask,
+                      const std::map<std::string, torch::Tensor>* over,
+                      int64_t chunk, torch::Device device, torch::Tensor& out) {
   torch::NoGradGuard no_grad;
   BlockForwardOptions fo;
   fo.no_padding = mask.ne(0).all().item<bool>();
-  // Chunks are written into one preallocated chain instead of being
-  // concatenated at the end, which would hold the chain twice at the peak.
-  torch::Tensor out = torch::empty_like(x);
   const int64_t n = x.size(0);
   for (int64_t s = 0; s < n; s += chunk) {
     const int64_t e = std::min(n, s + chunk);
@@ -154,8 +158,34 @@ torch::Tensor ForwardBlock(const BlockConfig& cfg, const BlockWeights& w,
                                                  x.slice(0, s, e).to(device),
                                                  mask.slice(0, s, e), over, fo));
   }
-  return out;
 }
+
+// Wall-clock seconds per phase of one block. Each Mark() first waits for
+// the device's queued work (CUDA launches return early), so a phase is
+// charged for its own kernels: a handful of synchronisations per block.
+class PhaseClock {
+ public:
+  explicit PhaseClock(const std::string& device)
+      : device_(device), last_(std::chrono::steady_clock::now()) {}
+  void Mark(const std::string& phase) {
+#ifdef ROUNDHOUSE_WITH_CUDA
+    if (device_ == "cuda") cudaDeviceSynchronize();
+#endif
+    const auto now = std::chrono::steady_clock::now();
+    seconds_[phase] += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+  json ToJson() const {
+    json j = json::object();
+    for (const auto& [phase, s] : seconds_) j[phase] = s;
+    return j;
+  }
+
+ private:
+  std::string device_;
+  std::chrono::steady_clock::time_point last_;
+  std::map<std::string, double> seconds_;
+};
 
 void ToTensors(const std::vector<calibration::Sample>& samples,
                torch::Tensor* ids, torch::Tensor* mask) {
@@ -281,6 +311,15 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
   }
   at::globalContext().setDeterministicAlgorithms(cfg.deterministic,
                                                  /*warn_only=*/true);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  // Deterministic mode would also fill every new tensor before use (a NaN
+  // guard against kernels that read memory they never wrote): one extra
+  // write pass per allocation, 1.1 ms of every 27 ms tuning iteration of
+  // the reference configuration on the H200. Every kernel the engine runs
+  // writes all of its outputs (the fused QDQ kernels zero padded columns),
+  // so the fill buys nothing here.
+  at::globalContext().setDeterministicFillUninitializedMemory(false);
+#endif
 
   // ---- loading -----------------------------------------------------------
   Emit(req, {{"event", "stage"}, {"stage", "loading"}});
@@ -418,8 +457,8 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
   const std::vector<std::string> names = ckpt->TensorNames();
   const BlockConfig block_cfg = MakeBlockConfig(text);
   const torch::Device chain_device = req.low_memory ? torch::kCPU : device;
-  const int64_t fwd_chunk =
-      req.low_memory ? 1 : std::max(1, cfg.tune.batch_size);
+  const int64_t fwd_chunk = ForwardChunkSamples(
+      ids.size(0), seq, std::max(1, cfg.tune.batch_size), req.low_memory);
 
   std::map<std::string, QdqResult> results;  // by module name, CPU
   std::vector<BlockReport> reports;
@@ -449,12 +488,22 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
           " are checkpointed)"));
     }
     const auto t0 = std::chrono::steady_clock::now();
+    PhaseClock clock(req.device);
     ResetPeakDeviceMemory(req.device, req.gpus);
     ASSIGN_OR_RETURN(BlockWeights w, LoadBlockWeights(layout, b, names,
                                                       source, dtype, device));
     RETURN_IF_ERROR(ValidateBlockWeights(block_cfg, w));
+    clock.Mark("load");
+    // fp_out overwrites fp_in, which nothing reads afterwards, unless q_in
+    // is the same chain (block 0, or no quantized-input chain) and tuning
+    // still needs it: then it is a new chain. Either way two chains live
+    // through tuning instead of three.
     torch::Tensor fp_out =
-        ForwardBlock(block_cfg, w, fp_in, mask, nullptr, fwd_chunk, device);
+        q_in.is_alias_of(fp_in) ? torch::empty_like(fp_in) : fp_in;
+    ForwardBlockInto(block_cfg, w, fp_in, mask, nullptr, fwd_chunk, device,
+                     fp_out);
+    fp_in = torch::Tensor();
+    clock.Mark("fp_forward");
 
     std::map<std::string, LinearQuantizer> quantizers;
     for (const std::string& suffix : BlockLinearSuffixes()) {
@@ -467,6 +516,7 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
                                                cfg.tune.enable_minmax_tuning));
       quantizers.emplace(suffix, std::move(q));
     }
+    clock.Mark("quantizer_setup");
     BlockResult br;
     br.block_index = b;
     bool used_graph = false;
@@ -491,24 +541,39 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
       ASSIGN_OR_RETURN(TuneResult tr,
                        TuneBlock(block_cfg, w, quantizers, q_in, fp_out,
                                  mask, loss_mask, to));
+      clock.Mark("tune");
       used_graph = tr.used_cuda_graph;
       br.loss_before = tr.loss_before;
       br.loss_after = tr.loss_after;
       br.best_iter = tr.best_iter;
       for (auto& [suffix, r] : tr.layers) {
         qdq_weights[suffix] = r.weight_qdq;
-        QdqResult cpu{r.weight_qdq.cpu(), r.scale.cpu(), r.zero.cpu(),
-                      r.codes.cpu()};
+        // Host copies for the export: the codes travel as uint8 (bits <= 8;
+        // packing and the checkpoint store read any integer dtype), the QDQ
+        // weight only when the checkpoint store keeps it. Moving all of it
+        // as int32 codes plus the bf16 weight was 0.6 GB per ColQwen3 block,
+        // 0.1-0.4 s of pageable copies, and 22 GB of host memory for 36
+        // blocks.
+        QdqResult cpu{store ? r.weight_qdq.cpu() : torch::Tensor(),
+                      r.scale.cpu(), r.zero.cpu(),
+                      r.codes.to(torch::kUInt8).cpu()};
         br.layers.emplace(suffix, std::move(cpu));
       }
     }
-    torch::Tensor q_next =
-        cfg.tune.enable_quanted_input
-            ? ForwardBlock(block_cfg, w, q_in, mask, &qdq_weights, fwd_chunk,
-                           device)
-            : fp_out;
+    clock.Mark("finalize");
+    // The next quantized chain overwrites q_in in place: nothing else reads
+    // it (fp_in was released above, or fp_out is a separate chain).
+    if (cfg.tune.enable_quanted_input) {
+      torch::Tensor q_next =
+          q_in.is_alias_of(fp_out) ? torch::empty_like(q_in) : q_in;
+      ForwardBlockInto(block_cfg, w, q_in, mask, &qdq_weights, fwd_chunk,
+                       device, q_next);
+      q_in = q_next;
+    } else {
+      q_in = fp_out;
+    }
     fp_in = fp_out;
-    q_in = q_next;
+    clock.Mark("q_forward");
     const double seconds = std::chrono::duration<double>(
                                std::chrono::steady_clock::now() - t0)
                                .count();
@@ -525,6 +590,7 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
                {"loss_after", br.loss_after},
                {"seconds", seconds},
                {"peak_device_bytes", PeakDeviceMemory(req.device)},
+               {"phase_seconds", clock.ToJson()},
                {"cuda_graph", used_graph}});
     if (req.should_stop && req.should_stop() && b + 1 < num_blocks) {
       return absl::AbortedError(absl::StrCat(
@@ -609,7 +675,13 @@ absl::StatusOr<QuantizeResult> QuantizeImpl(const QuantizeRequest& req) {
       if (l.quantize) in.quantized.params_by_module[l.name] = l.params;
     }
     ToTensors(eval_samples, &in.ids, &in.mask);
-    in.forward = ForwardOptions{device, dtype, std::max(1, cfg.tune.batch_size)};
+    // The same token-sized chunks as the tuning forwards: single-sample
+    // forwards at batch size 1 are latency-bound.
+    in.forward = ForwardOptions{
+        device, dtype,
+        static_cast<int>(ForwardChunkSamples(
+            in.ids.size(0), in.ids.size(1), std::max(1, cfg.tune.batch_size),
+            req.low_memory))};
     in.device_name = req.device;
     EvaluationThresholds thresholds;
     thresholds.min_token_cosine_similarity =

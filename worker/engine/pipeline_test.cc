@@ -237,7 +237,19 @@ TEST_P(PipelineFamilyTest, ExportDequantizesToTheTunedWeights) {
   int block_events = 0;
   for (const json& e : events) {
     if (e["event"] == "stage") stages.push_back(e["stage"]);
-    if (e["event"] == "block") ++block_events;
+    if (e["event"] != "block") continue;
+    ++block_events;
+    // Every phase is charged, and the phases add up to the block's time.
+    const json& ph = e["phase_seconds"];
+    double sum = 0;
+    for (const char* k : {"load", "fp_forward", "quantizer_setup", "tune",
+                          "finalize", "q_forward"}) {
+      ASSERT_TRUE(ph.contains(k)) << k << " in " << ph.dump();
+      EXPECT_GE(ph[k].get<double>(), 0.0) << k;
+      sum += ph[k].get<double>();
+    }
+    EXPECT_LE(sum, e["seconds"].get<double>() + 1e-6);
+    EXPECT_GE(sum, 0.9 * e["seconds"].get<double>());
   }
   EXPECT_EQ(stages, (std::vector<std::string>{"loading", "calibration",
                                               "tuning", "export",
