@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/env_switch.h"
+#include "worker/engine/fused_block_ops.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -284,9 +285,18 @@ torch::Tensor DecoderBlockForward(
   const int64_t nh = c.num_heads, nkv = c.num_kv_heads, d = c.head_dim;
   const torch::Tensor mask = attention_mask.to(hidden.device());
 
+  const bool fused_ops =
+      options.fused_elementwise && FusedBlockOpsUsable(hidden);
+  auto norm = [&](const torch::Tensor& x, const std::string& name) {
+    const torch::Tensor& w = weights.at(name);
+    if (fused_ops && w.scalar_type() == x.scalar_type()) {
+      return FusedRmsNorm(x, w, c.rms_norm_eps);
+    }
+    return RmsNorm(x, w, c.rms_norm_eps);
+  };
+
   // --- self attention ---
-  torch::Tensor h =
-      RmsNorm(hidden, weights.at("input_layernorm.weight"), c.rms_norm_eps);
+  torch::Tensor h = norm(hidden, "input_layernorm.weight");
   torch::Tensor q = Linear(weights, linear_override, "self_attn.q_proj", h)
                         .view({batch, seq, nh, d});
   torch::Tensor k = Linear(weights, linear_override, "self_attn.k_proj", h)
@@ -294,19 +304,25 @@ torch::Tensor DecoderBlockForward(
   torch::Tensor v = Linear(weights, linear_override, "self_attn.v_proj", h)
                         .view({batch, seq, nkv, d});
   if (c.qk_norm) {
-    q = RmsNorm(q, weights.at("self_attn.q_norm.weight"), c.rms_norm_eps);
-    k = RmsNorm(k, weights.at("self_attn.k_norm.weight"), c.rms_norm_eps);
+    q = norm(q, "self_attn.q_norm.weight");
+    k = norm(k, "self_attn.k_norm.weight");
   }
-  q = q.transpose(1, 2);  // [B,nH,T,D]
-  k = k.transpose(1, 2);
-  v = v.transpose(1, 2);
-
   auto [cos, sin] = RopeCosSin(PositionIdsFromMask(mask), c.head_dim,
-                               c.rope_theta, q.scalar_type());
-  cos = cos.unsqueeze(1);  // [B,1,T,D]
-  sin = sin.unsqueeze(1);
-  q = q * cos + RotateHalf(q) * sin;
-  k = k * cos + RotateHalf(k) * sin;
+                               c.rope_theta, q.scalar_type());  // [B,T,D]
+  if (fused_ops) {
+    // On [B,T,H,D], before the transpose: heads of a token share cos/sin.
+    q = FusedRope(q, cos, sin).transpose(1, 2);  // [B,nH,T,D]
+    k = FusedRope(k, cos, sin).transpose(1, 2);
+    v = v.transpose(1, 2);
+  } else {
+    q = q.transpose(1, 2);  // [B,nH,T,D]
+    k = k.transpose(1, 2);
+    v = v.transpose(1, 2);
+    cos = cos.unsqueeze(1);  // [B,1,T,D]
+    sin = sin.unsqueeze(1);
+    q = q * cos + RotateHalf(q) * sin;
+    k = k * cos + RotateHalf(k) * sin;
+  }
 
   // Benchmarks compare against the eager path with this switch.
   static const bool fused_off = EnvSwitchOn("RH_DISABLE_FUSED_ATTENTION");
@@ -325,12 +341,13 @@ torch::Tensor DecoderBlockForward(
   torch::Tensor x = hidden + attn;
 
   // --- MLP (SwiGLU) ---
-  torch::Tensor h2 =
-      RmsNorm(x, weights.at("post_attention_layernorm.weight"), c.rms_norm_eps);
+  torch::Tensor h2 = norm(x, "post_attention_layernorm.weight");
   torch::Tensor gate = Linear(weights, linear_override, "mlp.gate_proj", h2);
   torch::Tensor up = Linear(weights, linear_override, "mlp.up_proj", h2);
-  torch::Tensor mlp =
-      Linear(weights, linear_override, "mlp.down_proj", torch::silu(gate) * up);
+  torch::Tensor act = fused_ops && gate.scalar_type() == up.scalar_type()
+                          ? FusedSwiGlu(gate, up)
+                          : torch::silu(gate) * up;
+  torch::Tensor mlp = Linear(weights, linear_override, "mlp.down_proj", act);
   return x + mlp;
 }
 

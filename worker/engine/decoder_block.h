@@ -83,6 +83,11 @@ absl::Status ValidateBlockWeights(const BlockConfig& config,
 struct BlockForwardOptions {
   bool fused_attention = true;  // see above; false forces the eager path
   bool no_padding = false;      // attention_mask is all ones (caller's promise)
+  // RMSNorm, RoPE and the SwiGLU gate as the fused CUDA ops of
+  // fused_block_ops.h where FusedBlockOpsUsable(hidden) (CUDA builds, CUDA
+  // tensors, RH_DISABLE_FUSED_BLOCK_OPS unset); values as the libtorch ops
+  // up to fp32 summation order. false forces the libtorch ops.
+  bool fused_elementwise = true;
 };
 
 // True when this build can run fused attention on `device` (CUDA device and

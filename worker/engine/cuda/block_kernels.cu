@@ -1,0 +1,543 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <initializer_list>
+
+#include "worker/engine/cuda/block_kernels.h"
+
+// Memory-bound kernels: each thread moves 16-byte packs where the sizes and
+// addresses allow (kVec elements), scalars otherwise. Row kernels give one
+// warp to a row, so the row's sum is a fixed per-lane order plus a fixed
+// shuffle tree.
+
+namespace roundhouse::engine::cuda {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarpsPerBlock = 8;
+constexpr int kThreads = kWarpSize * kWarpsPerBlock;
+
+template <typename T>
+__device__ __forceinline__ float ToF(T x);
+template <>
+__device__ __forceinline__ float ToF<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ float ToF<__nv_bfloat16>(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+template <>
+__device__ __forceinline__ float ToF<__half>(__half x) {
+  return __half2float(x);
+}
+
+template <typename T>
+__device__ __forceinline__ T FromF(float x);
+template <>
+__device__ __forceinline__ float FromF<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half FromF<__half>(float x) {
+  return __float2half_rn(x);
+}
+
+// Rounds through T and back: the value a T tensor would hold.
+template <typename T>
+__device__ __forceinline__ float RoundT(float x) {
+  return ToF<T>(FromF<T>(x));
+}
+
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Pack {
+  T e[kVec];
+};
+
+template <typename T, int kVec>
+__device__ __forceinline__ Pack<T, kVec> LoadPack(const T* p) {
+  return *reinterpret_cast<const Pack<T, kVec>*>(p);
+}
+template <typename T, int kVec>
+__device__ __forceinline__ void StorePack(T* p, const Pack<T, kVec>& v) {
+  *reinterpret_cast<Pack<T, kVec>*>(p) = v;
+}
+
+__device__ __forceinline__ float WarpSum(float x) {
+#pragma unroll
+  for (int off = kWarpSize / 2; off > 0; off /= 2) {
+    x += __shfl_xor_sync(0xffffffffu, x, off);
+  }
+  return x;
+}
+
+__device__ __forceinline__ float Sigmoid(float x) {
+  return 1.f / (1.f + expf(-x));
+}
+
+bool Aligned16(const void* p) {
+  return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Grid for a grid-stride loop over `work` items: enough blocks to fill the
+// GPU several times over, bounded so that huge tensors loop.
+unsigned GridFor(int64_t work) {
+  const int64_t blocks = CeilDiv(work, kThreads);
+  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1)
+                                              : 65536);
+}
+
+// ---- RMSNorm ---------------------------------------------------------------
+
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads)
+    RmsNormForwardKernel(int64_t rows, int64_t dim, const T* __restrict__ x,
+                         const T* __restrict__ weight, float eps,
+                         T* __restrict__ out, float* __restrict__ rstd) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock +
+                    threadIdx.x / kWarpSize;
+  if (r >= rows) return;
+  const int lane = threadIdx.x % kWarpSize;
+  const T* xr = x + r * dim;
+  float ss = 0.f;
+  for (int64_t j = static_cast<int64_t>(lane) * kVec; j < dim;
+       j += kWarpSize * kVec) {
+    const Pack<T, kVec> p = LoadPack<T, kVec>(xr + j);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float v = ToF(p.e[k]);
+      ss += v * v;
+    }
+  }
+  ss = WarpSum(ss);
+  const float rs = rsqrtf(ss / static_cast<float>(dim) + eps);
+  if (lane == 0) rstd[r] = rs;
+  T* outr = out + r * dim;
+  for (int64_t j = static_cast<int64_t>(lane) * kVec; j < dim;
+       j += kWarpSize * kVec) {
+    const Pack<T, kVec> p = LoadPack<T, kVec>(xr + j);
+    const Pack<T, kVec> w = LoadPack<T, kVec>(weight + j);
+    Pack<T, kVec> o;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float y = RoundT<T>(ToF(p.e[k]) * rs);
+      o.e[k] = FromF<T>(ToF(w.e[k]) * y);
+    }
+    StorePack<T, kVec>(outr + j, o);
+  }
+}
+
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads)
+    RmsNormBackwardKernel(int64_t rows, int64_t dim, const T* __restrict__ x,
+                          const T* __restrict__ weight,
+                          const float* __restrict__ rstd,
+                          const T* __restrict__ grad_out,
+                          T* __restrict__ grad_x) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock +
+                    threadIdx.x / kWarpSize;
+  if (r >= rows) return;
+  const int lane = threadIdx.x % kWarpSize;
+  const T* xr = x + r * dim;
+  const T* gr = grad_out + r * dim;
+  float dot = 0.f;
+  for (int64_t j = static_cast<int64_t>(lane) * kVec; j < dim;
+       j += kWarpSize * kVec) {
+    const Pack<T, kVec> p = LoadPack<T, kVec>(xr + j);
+    const Pack<T, kVec> g = LoadPack<T, kVec>(gr + j);
+    const Pack<T, kVec> w = LoadPack<T, kVec>(weight + j);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      dot += RoundT<T>(ToF(g.e[k]) * ToF(w.e[k])) * ToF(p.e[k]);
+    }
+  }
+  dot = WarpSum(dot);
+  const float rs = rstd[r];
+  const float coef = rs * rs * rs / static_cast<float>(dim) * dot;
+  T* dxr = grad_x + r * dim;
+  for (int64_t j = static_cast<int64_t>(lane) * kVec; j < dim;
+       j += kWarpSize * kVec) {
+    const Pack<T, kVec> p = LoadPack<T, kVec>(xr + j);
+    const Pack<T, kVec> g = LoadPack<T, kVec>(gr + j);
+    const Pack<T, kVec> w = LoadPack<T, kVec>(weight + j);
+    Pack<T, kVec> o;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float gy = RoundT<T>(ToF(g.e[k]) * ToF(w.e[k]));
+      o.e[k] = FromF<T>(gy * rs - ToF(p.e[k]) * coef);
+    }
+    StorePack<T, kVec>(dxr + j, o);
+  }
+}
+
+// ---- SwiGLU ----------------------------------------------------------------
+
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads)
+    SwiGluForwardKernel(int64_t packs, const T* __restrict__ gate,
+                        const T* __restrict__ up, T* __restrict__ out) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+       i < packs; i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const Pack<T, kVec> g = LoadPack<T, kVec>(gate + i * kVec);
+    const Pack<T, kVec> u = LoadPack<T, kVec>(up + i * kVec);
+    Pack<T, kVec> o;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float gv = ToF(g.e[k]);
+      const float s = RoundT<T>(gv * Sigmoid(gv));
+      o.e[k] = FromF<T>(s * ToF(u.e[k]));
+    }
+    StorePack<T, kVec>(out + i * kVec, o);
+  }
+}
+
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads)
+    SwiGluBackwardKernel(int64_t packs, const T* __restrict__ gate,
+                         const T* __restrict__ up,
+                         const T* __restrict__ grad_out,
+                         T* __restrict__ grad_gate, T* __restrict__ grad_up) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+       i < packs; i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const Pack<T, kVec> g = LoadPack<T, kVec>(gate + i * kVec);
+    const Pack<T, kVec> u = LoadPack<T, kVec>(up + i * kVec);
+    const Pack<T, kVec> d = LoadPack<T, kVec>(grad_out + i * kVec);
+    Pack<T, kVec> dg, du;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float gv = ToF(g.e[k]);
+      const float sig = Sigmoid(gv);
+      const float s = RoundT<T>(gv * sig);
+      const float dv = ToF(d.e[k]);
+      const float ds = RoundT<T>(dv * ToF(u.e[k]));
+      du.e[k] = FromF<T>(dv * s);
+      dg.e[k] = FromF<T>(ds * (sig * (1.f + gv * (1.f - sig))));
+    }
+    StorePack<T, kVec>(grad_gate + i * kVec, dg);
+    StorePack<T, kVec>(grad_up + i * kVec, du);
+  }
+}
+
+// ---- RoPE ------------------------------------------------------------------
+
+// One thread per (token, head, i < half) pair: it owns elements i and
+// i + half of that head, which exchange values.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    RopeKernel(bool backward, int64_t tokens, int64_t heads, int64_t dim,
+               const T* __restrict__ in, const T* __restrict__ cos,
+               const T* __restrict__ sin, T* __restrict__ out) {
+  const int64_t half = dim / 2;
+  const int64_t total = tokens * heads * half;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+       idx < total; idx += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t i = idx % half;
+    const int64_t th = idx / half;  // token * heads + head
+    const int64_t t = th / heads;
+    const T* a = in + th * dim;
+    T* o = out + th * dim;
+    const T* c = cos + t * dim;
+    const T* s = sin + t * dim;
+    const float x0 = ToF(a[i]), x1 = ToF(a[i + half]);
+    const float c0 = ToF(c[i]), c1 = ToF(c[i + half]);
+    const float s0 = ToF(s[i]), s1 = ToF(s[i + half]);
+    if (!backward) {
+      // rot_i = -x1 for the first half, x0 for the second.
+      o[i] = FromF<T>(RoundT<T>(x0 * c0) + RoundT<T>(-x1 * s0));
+      o[i + half] = FromF<T>(RoundT<T>(x1 * c1) + RoundT<T>(x0 * s1));
+    } else {
+      // `in` is the output gradient here.
+      o[i] = FromF<T>(RoundT<T>(x0 * c0) + RoundT<T>(x1 * s1));
+      o[i + half] = FromF<T>(RoundT<T>(x1 * c1) - RoundT<T>(x0 * s0));
+    }
+  }
+}
+
+// ---- masked MSE ------------------------------------------------------------
+
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads)
+    MsePartialKernel(int64_t packs, int64_t width_packs,
+                     const T* __restrict__ pred, const T* __restrict__ ref,
+                     const float* __restrict__ mask,
+                     float* __restrict__ partials) {
+  __shared__ float warp_sums[kWarpsPerBlock];
+  float acc = 0.f;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+       i < packs; i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const float m = mask[i / width_packs];
+    const Pack<T, kVec> p = LoadPack<T, kVec>(pred + i * kVec);
+    const Pack<T, kVec> r = LoadPack<T, kVec>(ref + i * kVec);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float d = (ToF(p.e[k]) - ToF(r.e[k])) * m;
+      acc += d * d;
+    }
+  }
+  acc = WarpSum(acc);
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  if (lane == 0) warp_sums[warp] = acc;
+  __syncthreads();
+  if (warp == 0) {
+    float v = lane < kWarpsPerBlock ? warp_sums[lane] : 0.f;
+    v = WarpSum(v);
+    if (lane == 0) partials[blockIdx.x] = v;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    MseFinishKernel(int n, const float* __restrict__ partials, float scale,
+                    float* __restrict__ loss) {
+  __shared__ float warp_sums[kWarpsPerBlock];
+  float acc = 0.f;
+  for (int i = threadIdx.x; i < n; i += kThreads) acc += partials[i];
+  acc = WarpSum(acc);
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  if (lane == 0) warp_sums[warp] = acc;
+  __syncthreads();
+  if (warp == 0) {
+    float v = lane < kWarpsPerBlock ? warp_sums[lane] : 0.f;
+    v = WarpSum(v);
+    if (lane == 0) loss[0] = v * scale;
+  }
+}
+
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kThreads)
+    MseBackwardKernel(int64_t packs, int64_t width_packs,
+                      const T* __restrict__ pred, const T* __restrict__ ref,
+                      const float* __restrict__ mask, float scale,
+                      const float* __restrict__ grad_loss,
+                      T* __restrict__ grad_pred) {
+  const float k2 = grad_loss[0] * scale * 2.f;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+       i < packs; i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const float m = mask[i / width_packs];
+    const Pack<T, kVec> p = LoadPack<T, kVec>(pred + i * kVec);
+    const Pack<T, kVec> r = LoadPack<T, kVec>(ref + i * kVec);
+    Pack<T, kVec> o;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      o.e[k] = FromF<T>(k2 * (ToF(p.e[k]) - ToF(r.e[k])) * m * m);
+    }
+    StorePack<T, kVec>(grad_pred + i * kVec, o);
+  }
+}
+
+// ---- dispatch --------------------------------------------------------------
+
+template <typename T>
+constexpr int VecOf() {
+  return 16 / static_cast<int>(sizeof(T));
+}
+
+template <typename F>
+cudaError_t ByDtype(ActDtype dtype, F&& f) {
+  switch (dtype) {
+    case ActDtype::kFloat32:
+      return f(float{});
+    case ActDtype::kBFloat16:
+      return f(__nv_bfloat16{});
+    case ActDtype::kFloat16:
+      return f(__half{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+bool AllAligned(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs) {
+    if (!Aligned16(p)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+cudaError_t LaunchRmsNormForward(ActDtype dtype, int64_t rows, int64_t dim,
+                                 const void* x, const void* weight, float eps,
+                                 void* out, float* rstd, cudaStream_t stream) {
+  if (rows <= 0 || dim <= 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(CeilDiv(rows, kWarpsPerBlock)));
+  return ByDtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    constexpr int V = VecOf<T>();
+    if (dim % V == 0 && AllAligned({x, weight, out})) {
+      RmsNormForwardKernel<T, V><<<grid, kThreads, 0, stream>>>(
+          rows, dim, static_cast<const T*>(x), static_cast<const T*>(weight),
+          eps, static_cast<T*>(out), rstd);
+    } else {
+      RmsNormForwardKernel<T, 1><<<grid, kThreads, 0, stream>>>(
+          rows, dim, static_cast<const T*>(x), static_cast<const T*>(weight),
+          eps, static_cast<T*>(out), rstd);
+    }
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t LaunchRmsNormBackward(ActDtype dtype, int64_t rows, int64_t dim,
+                                  const void* x, const void* weight,
+                                  const float* rstd, const void* grad_out,
+                                  void* grad_x, cudaStream_t stream) {
+  if (rows <= 0 || dim <= 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(CeilDiv(rows, kWarpsPerBlock)));
+  return ByDtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    constexpr int V = VecOf<T>();
+    if (dim % V == 0 && AllAligned({x, weight, grad_out, grad_x})) {
+      RmsNormBackwardKernel<T, V><<<grid, kThreads, 0, stream>>>(
+          rows, dim, static_cast<const T*>(x), static_cast<const T*>(weight),
+          rstd, static_cast<const T*>(grad_out), static_cast<T*>(grad_x));
+    } else {
+      RmsNormBackwardKernel<T, 1><<<grid, kThreads, 0, stream>>>(
+          rows, dim, static_cast<const T*>(x), static_cast<const T*>(weight),
+          rstd, static_cast<const T*>(grad_out), static_cast<T*>(grad_x));
+    }
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t LaunchSwiGluForward(ActDtype dtype, int64_t n, const void* gate,
+                                const void* up, void* out,
+                                cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  return ByDtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    constexpr int V = VecOf<T>();
+    if (n % V == 0 && AllAligned({gate, up, out})) {
+      SwiGluForwardKernel<T, V><<<GridFor(n / V), kThreads, 0, stream>>>(
+          n / V, static_cast<const T*>(gate), static_cast<const T*>(up),
+          static_cast<T*>(out));
+    } else {
+      SwiGluForwardKernel<T, 1><<<GridFor(n), kThreads, 0, stream>>>(
+          n, static_cast<const T*>(gate), static_cast<const T*>(up),
+          static_cast<T*>(out));
+    }
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t LaunchSwiGluBackward(ActDtype dtype, int64_t n, const void* gate,
+                                 const void* up, const void* grad_out,
+                                 void* grad_gate, void* grad_up,
+                                 cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  return ByDtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    constexpr int V = VecOf<T>();
+    if (n % V == 0 && AllAligned({gate, up, grad_out, grad_gate, grad_up})) {
+      SwiGluBackwardKernel<T, V><<<GridFor(n / V), kThreads, 0, stream>>>(
+          n / V, static_cast<const T*>(gate), static_cast<const T*>(up),
+          static_cast<const T*>(grad_out), static_cast<T*>(grad_gate),
+          static_cast<T*>(grad_up));
+    } else {
+      SwiGluBackwardKernel<T, 1><<<GridFor(n), kThreads, 0, stream>>>(
+          n, static_cast<const T*>(gate), static_cast<const T*>(up),
+          static_cast<const T*>(grad_out), static_cast<T*>(grad_gate),
+          static_cast<T*>(grad_up));
+    }
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t LaunchRopeForward(ActDtype dtype, int64_t tokens, int64_t heads,
+                              int64_t dim, const void* x, const void* cos,
+                              const void* sin, void* out, cudaStream_t stream) {
+  if (tokens <= 0 || heads <= 0 || dim < 2 || dim % 2 != 0) {
+    return dim % 2 != 0 ? cudaErrorInvalidValue : cudaSuccess;
+  }
+  return ByDtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    RopeKernel<T><<<GridFor(tokens * heads * (dim / 2)), kThreads, 0, stream>>>(
+        false, tokens, heads, dim, static_cast<const T*>(x),
+        static_cast<const T*>(cos), static_cast<const T*>(sin),
+        static_cast<T*>(out));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t LaunchRopeBackward(ActDtype dtype, int64_t tokens, int64_t heads,
+                               int64_t dim, const void* cos, const void* sin,
+                               const void* grad_out, void* grad_x,
+                               cudaStream_t stream) {
+  if (tokens <= 0 || heads <= 0 || dim < 2 || dim % 2 != 0) {
+    return dim % 2 != 0 ? cudaErrorInvalidValue : cudaSuccess;
+  }
+  return ByDtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    RopeKernel<T><<<GridFor(tokens * heads * (dim / 2)), kThreads, 0, stream>>>(
+        true, tokens, heads, dim, static_cast<const T*>(grad_out),
+        static_cast<const T*>(cos), static_cast<const T*>(sin),
+        static_cast<T*>(grad_x));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t LaunchMaskedMseForward(ActDtype dtype, int64_t tokens,
+                                   int64_t width, const void* pred,
+                                   const void* ref, const float* mask,
+                                   float scale, float* partials, float* loss,
+                                   cudaStream_t stream) {
+  if (tokens <= 0 || width <= 0) {
+    MseFinishKernel<<<1, kThreads, 0, stream>>>(0, partials, scale, loss);
+    return cudaGetLastError();
+  }
+  cudaError_t err = ByDtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    constexpr int V = VecOf<T>();
+    const bool vec = width % V == 0 && AllAligned({pred, ref});
+    const int64_t packs = tokens * width / (vec ? V : 1);
+    const int64_t blocks = CeilDiv(packs, kThreads);
+    const unsigned grid = static_cast<unsigned>(
+        blocks < kMseMaxPartials ? blocks : kMseMaxPartials);
+    if (vec) {
+      MsePartialKernel<T, V><<<grid, kThreads, 0, stream>>>(
+          packs, width / V, static_cast<const T*>(pred),
+          static_cast<const T*>(ref), mask, partials);
+    } else {
+      MsePartialKernel<T, 1><<<grid, kThreads, 0, stream>>>(
+          packs, width, static_cast<const T*>(pred), static_cast<const T*>(ref),
+          mask, partials);
+    }
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    MseFinishKernel<<<1, kThreads, 0, stream>>>(static_cast<int>(grid),
+                                                partials, scale, loss);
+    return cudaGetLastError();
+  });
+  return err;
+}
+
+cudaError_t LaunchMaskedMseBackward(ActDtype dtype, int64_t tokens,
+                                    int64_t width, const void* pred,
+                                    const void* ref, const float* mask,
+                                    float scale, const float* grad_loss,
+                                    void* grad_pred, cudaStream_t stream) {
+  if (tokens <= 0 || width <= 0) return cudaSuccess;
+  return ByDtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    constexpr int V = VecOf<T>();
+    const bool vec = width % V == 0 && AllAligned({pred, ref, grad_pred});
+    const int64_t packs = tokens * width / (vec ? V : 1);
+    if (vec) {
+      MseBackwardKernel<T, V><<<GridFor(packs), kThreads, 0, stream>>>(
+          packs, width / V, static_cast<const T*>(pred),
+          static_cast<const T*>(ref), mask, scale, grad_loss,
+          static_cast<T*>(grad_pred));
+    } else {
+      MseBackwardKernel<T, 1><<<GridFor(packs), kThreads, 0, stream>>>(
+          packs, width, static_cast<const T*>(pred), static_cast<const T*>(ref),
+          mask, scale, grad_loss, static_cast<T*>(grad_pred));
+    }
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace roundhouse::engine::cuda
