@@ -10,7 +10,9 @@
 #   RH_BENCH_VARIANTS "plain fused nograph" (default); RH_VARIANTS_a/_b per
 #                     configuration. plain: libtorch ops and eager attention
 #                     (the earlier baseline); sdpa: plain + fused attention;
-#                     nograph: all fused kernels, no CUDA graph; fused /
+#                     nograph: all fused kernels, no CUDA graph;
+#                     noblockops: everything but the fused RMSNorm / RoPE /
+#                     SwiGLU / loss kernels (fused_block_ops.h); fused /
 #                     fused2: everything (twice, to compare artifact bytes)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -53,8 +55,9 @@ JSON
 run() {  # config variant
   local c=$1 v=$2 env=()
   case $v in
-    plain) env=(RH_DISABLE_FUSED_QDQ=1 RH_DISABLE_FUSED_STEP=1 RH_DISABLE_CUDA_GRAPHS=1 RH_DISABLE_FUSED_ATTENTION=1) ;;
-    sdpa) env=(RH_DISABLE_FUSED_QDQ=1 RH_DISABLE_FUSED_STEP=1 RH_DISABLE_CUDA_GRAPHS=1) ;;
+    plain) env=(RH_DISABLE_FUSED_QDQ=1 RH_DISABLE_FUSED_STEP=1 RH_DISABLE_CUDA_GRAPHS=1 RH_DISABLE_FUSED_ATTENTION=1 RH_DISABLE_FUSED_BLOCK_OPS=1) ;;
+    sdpa) env=(RH_DISABLE_FUSED_QDQ=1 RH_DISABLE_FUSED_STEP=1 RH_DISABLE_CUDA_GRAPHS=1 RH_DISABLE_FUSED_BLOCK_OPS=1) ;;
+    noblockops) env=(RH_DISABLE_FUSED_BLOCK_OPS=1) ;;
     nograph) env=(RH_DISABLE_CUDA_GRAPHS=1) ;;
     fused|fused2) env=() ;;
   esac
@@ -76,6 +79,13 @@ print(f"{tag:14s} rc={rc} wall={float(wall):6.1f}s blocks=" +
       " ".join(f"{b.get('peak_device_bytes',0)/2**30:.2f}" for b in blocks) + "GiB graph=" +
       ",".join(str(b.get("cuda_graph")) for b in blocks[:1]) + " loss_after=" +
       " ".join(f"{b['loss_after']:.4e}" for b in blocks))
+rest = blocks[1:] or blocks
+phases = {}
+for b in rest:
+    for k, v in (b.get("phase_seconds") or {}).items():
+        phases[k] = phases.get(k, 0) + v / len(rest)
+if phases:
+    print(f"{'':14s} phases(mean 1..): " + " ".join(f"{k}={v:.3f}" for k, v in sorted(phases.items())))
 PY
   [ "$rc" = 0 ] || tail -3 "$OUT/quantize-$tag.log" | tee -a "$S"
 }
