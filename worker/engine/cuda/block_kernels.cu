@@ -1,3 +1,5 @@
+#include "worker/engine/cuda/block_kernels.h"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -5,7 +7,7 @@
 #include <cstdint>
 #include <initializer_list>
 
-#include "worker/engine/cuda/block_kernels.h"
+#include "worker/engine/cuda/device_common.cuh"
 
 // Memory-bound kernels: each thread moves 16-byte packs where the sizes and
 // addresses allow (kVec elements), scalars otherwise. Row kernels give one
@@ -15,50 +17,20 @@
 namespace roundhouse::engine::cuda {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr int kWarpsPerBlock = 8;
-constexpr int kThreads = kWarpSize * kWarpsPerBlock;
-
-template <typename T>
-__device__ __forceinline__ float ToF(T x);
-template <>
-__device__ __forceinline__ float ToF<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ float ToF<__nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <>
-__device__ __forceinline__ float ToF<__half>(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T FromF(float x);
-template <>
-__device__ __forceinline__ float FromF<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half FromF<__half>(float x) {
-  return __float2half_rn(x);
-}
+using device::Aligned16;
+using device::FromFloat;
+using device::kThreads;
+using device::kWarpSize;
+using device::kWarpsPerBlock;
+using device::Pack;
+using device::ToFloat;
+using device::WarpSum;
 
 // Rounds through T and back: the value a T tensor would hold.
 template <typename T>
 __device__ __forceinline__ float RoundT(float x) {
-  return ToF<T>(FromF<T>(x));
+  return ToFloat<T>(FromFloat<T>(x));
 }
-
-template <typename T, int kVec>
-struct alignas(sizeof(T) * kVec) Pack {
-  T e[kVec];
-};
 
 template <typename T, int kVec>
 __device__ __forceinline__ Pack<T, kVec> LoadPack(const T* p) {
@@ -69,20 +41,8 @@ __device__ __forceinline__ void StorePack(T* p, const Pack<T, kVec>& v) {
   *reinterpret_cast<Pack<T, kVec>*>(p) = v;
 }
 
-__device__ __forceinline__ float WarpSum(float x) {
-#pragma unroll
-  for (int off = kWarpSize / 2; off > 0; off /= 2) {
-    x += __shfl_xor_sync(0xffffffffu, x, off);
-  }
-  return x;
-}
-
 __device__ __forceinline__ float Sigmoid(float x) {
   return 1.f / (1.f + expf(-x));
-}
-
-bool Aligned16(const void* p) {
-  return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -113,7 +73,7 @@ __global__ void __launch_bounds__(kThreads)
     const Pack<T, kVec> p = LoadPack<T, kVec>(xr + j);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const float v = ToF(p.e[k]);
+      const float v = ToFloat(p.e[k]);
       ss += v * v;
     }
   }
@@ -128,8 +88,8 @@ __global__ void __launch_bounds__(kThreads)
     Pack<T, kVec> o;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const float y = RoundT<T>(ToF(p.e[k]) * rs);
-      o.e[k] = FromF<T>(ToF(w.e[k]) * y);
+      const float y = RoundT<T>(ToFloat(p.e[k]) * rs);
+      o.e[k] = FromFloat<T>(ToFloat(w.e[k]) * y);
     }
     StorePack<T, kVec>(outr + j, o);
   }
@@ -156,7 +116,7 @@ __global__ void __launch_bounds__(kThreads)
     const Pack<T, kVec> w = LoadPack<T, kVec>(weight + j);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      dot += RoundT<T>(ToF(g.e[k]) * ToF(w.e[k])) * ToF(p.e[k]);
+      dot += RoundT<T>(ToFloat(g.e[k]) * ToFloat(w.e[k])) * ToFloat(p.e[k]);
     }
   }
   dot = WarpSum(dot);
@@ -171,8 +131,8 @@ __global__ void __launch_bounds__(kThreads)
     Pack<T, kVec> o;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const float gy = RoundT<T>(ToF(g.e[k]) * ToF(w.e[k]));
-      o.e[k] = FromF<T>(gy * rs - ToF(p.e[k]) * coef);
+      const float gy = RoundT<T>(ToFloat(g.e[k]) * ToFloat(w.e[k]));
+      o.e[k] = FromFloat<T>(gy * rs - ToFloat(p.e[k]) * coef);
     }
     StorePack<T, kVec>(dxr + j, o);
   }
@@ -191,9 +151,9 @@ __global__ void __launch_bounds__(kThreads)
     Pack<T, kVec> o;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const float gv = ToF(g.e[k]);
+      const float gv = ToFloat(g.e[k]);
       const float s = RoundT<T>(gv * Sigmoid(gv));
-      o.e[k] = FromF<T>(s * ToF(u.e[k]));
+      o.e[k] = FromFloat<T>(s * ToFloat(u.e[k]));
     }
     StorePack<T, kVec>(out + i * kVec, o);
   }
@@ -213,13 +173,13 @@ __global__ void __launch_bounds__(kThreads)
     Pack<T, kVec> dg, du;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const float gv = ToF(g.e[k]);
+      const float gv = ToFloat(g.e[k]);
       const float sig = Sigmoid(gv);
       const float s = RoundT<T>(gv * sig);
-      const float dv = ToF(d.e[k]);
-      const float ds = RoundT<T>(dv * ToF(u.e[k]));
-      du.e[k] = FromF<T>(dv * s);
-      dg.e[k] = FromF<T>(ds * (sig * (1.f + gv * (1.f - sig))));
+      const float dv = ToFloat(d.e[k]);
+      const float ds = RoundT<T>(dv * ToFloat(u.e[k]));
+      du.e[k] = FromFloat<T>(dv * s);
+      dg.e[k] = FromFloat<T>(ds * (sig * (1.f + gv * (1.f - sig))));
     }
     StorePack<T, kVec>(grad_gate + i * kVec, dg);
     StorePack<T, kVec>(grad_up + i * kVec, du);
@@ -246,17 +206,17 @@ __global__ void __launch_bounds__(kThreads)
     T* o = out + th * dim;
     const T* c = cos + t * dim;
     const T* s = sin + t * dim;
-    const float x0 = ToF(a[i]), x1 = ToF(a[i + half]);
-    const float c0 = ToF(c[i]), c1 = ToF(c[i + half]);
-    const float s0 = ToF(s[i]), s1 = ToF(s[i + half]);
+    const float x0 = ToFloat(a[i]), x1 = ToFloat(a[i + half]);
+    const float c0 = ToFloat(c[i]), c1 = ToFloat(c[i + half]);
+    const float s0 = ToFloat(s[i]), s1 = ToFloat(s[i + half]);
     if (!backward) {
       // rot_i = -x1 for the first half, x0 for the second.
-      o[i] = FromF<T>(RoundT<T>(x0 * c0) + RoundT<T>(-x1 * s0));
-      o[i + half] = FromF<T>(RoundT<T>(x1 * c1) + RoundT<T>(x0 * s1));
+      o[i] = FromFloat<T>(RoundT<T>(x0 * c0) + RoundT<T>(-x1 * s0));
+      o[i + half] = FromFloat<T>(RoundT<T>(x1 * c1) + RoundT<T>(x0 * s1));
     } else {
       // `in` is the output gradient here.
-      o[i] = FromF<T>(RoundT<T>(x0 * c0) + RoundT<T>(x1 * s1));
-      o[i + half] = FromF<T>(RoundT<T>(x1 * c1) - RoundT<T>(x0 * s0));
+      o[i] = FromFloat<T>(RoundT<T>(x0 * c0) + RoundT<T>(x1 * s1));
+      o[i + half] = FromFloat<T>(RoundT<T>(x1 * c1) - RoundT<T>(x0 * s0));
     }
   }
 }
@@ -278,7 +238,7 @@ __global__ void __launch_bounds__(kThreads)
     const Pack<T, kVec> r = LoadPack<T, kVec>(ref + i * kVec);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const float d = (ToF(p.e[k]) - ToF(r.e[k])) * m;
+      const float d = (ToFloat(p.e[k]) - ToFloat(r.e[k])) * m;
       acc += d * d;
     }
   }
@@ -326,7 +286,7 @@ __global__ void __launch_bounds__(kThreads)
     Pack<T, kVec> o;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      o.e[k] = FromF<T>(k2 * (ToF(p.e[k]) - ToF(r.e[k])) * m * m);
+      o.e[k] = FromFloat<T>(k2 * (ToFloat(p.e[k]) - ToFloat(r.e[k])) * m * m);
     }
     StorePack<T, kVec>(grad_pred + i * kVec, o);
   }

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "worker/engine/cuda/device_common.cuh"
+
 // Bit-identity with the torch chain needs every fp32 operation rounded on
 // its own, exactly as one libtorch elementwise kernel per op does it. The
 // _rn intrinsics are never contracted into FMAs, whatever -fmad says, so
@@ -14,46 +16,15 @@
 namespace roundhouse::engine::cuda {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr int kWarpsPerBlock = 8;
-constexpr int kThreads = kWarpSize * kWarpsPerBlock;
+using device::Aligned16;
+using device::FromFloat;
+using device::kThreads;
+using device::kWarpSize;
+using device::kWarpsPerBlock;
+using device::Pack;
+using device::ToFloat;
+using device::WarpSum;
 
-template <typename T>
-__device__ __forceinline__ float ToFloat(T x);
-template <>
-__device__ __forceinline__ float ToFloat<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ float ToFloat<__nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <>
-__device__ __forceinline__ float ToFloat<__half>(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float x);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float x) {
-  return __float2half_rn(x);
-}
-
-// kVec consecutive elements, loaded/stored as one access (8 or 16 bytes for
-// kVec = 4) when the launcher has checked the alignment.
-template <typename T, int kVec>
-struct alignas(sizeof(T) * kVec) Pack {
-  T e[kVec];
-};
 
 // torch's clamp/clamp_min/clamp_max on CUDA: NaN propagates.
 __device__ __forceinline__ float Clamp(float x, float lo, float hi) {
@@ -75,14 +46,6 @@ __device__ __forceinline__ float RoundSteValue(float x) {
 
 __device__ __forceinline__ float HalfRound(float x) {
   return __half2float(__float2half_rn(x));
-}
-
-__device__ __forceinline__ float WarpSum(float x) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    x = __fadd_rn(x, __shfl_xor_sync(0xffffffffu, x, offset));
-  }
-  return x;
 }
 
 // Per-row quantities of LinearQuantizer::Compute().
@@ -282,10 +245,6 @@ __global__ void __launch_bounds__(kThreads)
   }
   grad_min_scale[r] = dlo * w_lo;
   grad_max_scale[r] = dhi * w_hi;
-}
-
-bool Aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
 template <typename T, bool kSym, int kVec>
