@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "worker/engine/cuda/block_kernels.h"
+#include "worker/engine/cuda/torch_interop.h"
 #endif
 
 namespace roundhouse::engine {
@@ -23,22 +24,10 @@ bool FusedBlockOpsUsable(const torch::Tensor& like) {
 #ifdef ROUNDHOUSE_WITH_CUDA
 namespace {
 
+using cuda::CheckLaunch;
+using cuda::KernelDtypeOf;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-cuda::ActDtype DtypeOf(const torch::Tensor& t, const char* op) {
-  switch (t.scalar_type()) {
-    case torch::kFloat32:
-      return cuda::ActDtype::kFloat32;
-    case torch::kBFloat16:
-      return cuda::ActDtype::kBFloat16;
-    case torch::kFloat16:
-      return cuda::ActDtype::kFloat16;
-    default:
-      TORCH_CHECK(false, op, ": dtype ", t.scalar_type(),
-                  " is not float32, bfloat16 or float16");
-  }
-}
 
 void CheckLike(const torch::Tensor& t, const torch::Tensor& like,
                const char* op, const char* name) {
@@ -48,10 +37,6 @@ void CheckLike(const torch::Tensor& t, const torch::Tensor& like,
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name,
               " has dtype ", t.scalar_type(), ", expected ",
               like.scalar_type());
-}
-
-void CheckLaunch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
 }
 
 cudaStream_t Stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
@@ -74,9 +59,9 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
     torch::Tensor rstd =
         torch::empty({rows}, xc.options().dtype(torch::kFloat32));
     CheckLaunch(cuda::LaunchRmsNormForward(
-                    DtypeOf(xc, "FusedRmsNorm"), rows, dim, xc.data_ptr(),
-                    wc.data_ptr(), static_cast<float>(eps), out.data_ptr(),
-                    rstd.data_ptr<float>(), Stream()),
+                    KernelDtypeOf(xc, "FusedRmsNorm", "x"), rows, dim,
+                    xc.data_ptr(), wc.data_ptr(), static_cast<float>(eps),
+                    out.data_ptr(), rstd.data_ptr<float>(), Stream()),
                 "FusedRmsNorm forward launch");
     ctx->save_for_backward({xc, wc, rstd});
     return out;
@@ -92,9 +77,9 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
     torch::Tensor dx = torch::empty_like(x);
     const int64_t dim = x.size(-1);
     CheckLaunch(cuda::LaunchRmsNormBackward(
-                    DtypeOf(x, "FusedRmsNorm"), rstd.numel(), dim, x.data_ptr(),
-                    w.data_ptr(), rstd.data_ptr<float>(), g.data_ptr(),
-                    dx.data_ptr(), Stream()),
+                    KernelDtypeOf(x, "FusedRmsNorm", "x"), rstd.numel(), dim,
+                    x.data_ptr(), w.data_ptr(), rstd.data_ptr<float>(),
+                    g.data_ptr(), dx.data_ptr(), Stream()),
                 "FusedRmsNorm backward launch");
     return {dx, torch::Tensor(), torch::Tensor()};
   }
@@ -111,9 +96,9 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
     c10::cuda::CUDAGuard guard(gate.device());
     torch::Tensor g = gate.contiguous(), u = up.contiguous();
     torch::Tensor out = torch::empty_like(g);
-    CheckLaunch(cuda::LaunchSwiGluForward(DtypeOf(g, "FusedSwiGlu"), g.numel(),
-                                          g.data_ptr(), u.data_ptr(),
-                                          out.data_ptr(), Stream()),
+    CheckLaunch(cuda::LaunchSwiGluForward(
+                    KernelDtypeOf(g, "FusedSwiGlu", "gate"), g.numel(),
+                    g.data_ptr(), u.data_ptr(), out.data_ptr(), Stream()),
                 "FusedSwiGlu forward launch");
     ctx->save_for_backward({g, u});
     return out;
@@ -127,9 +112,9 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
     const torch::Tensor d = grads[0].to(g.scalar_type()).contiguous();
     torch::Tensor dg = torch::empty_like(g), du = torch::empty_like(u);
     CheckLaunch(
-        cuda::LaunchSwiGluBackward(DtypeOf(g, "FusedSwiGlu"), g.numel(),
-                                   g.data_ptr(), u.data_ptr(), d.data_ptr(),
-                                   dg.data_ptr(), du.data_ptr(), Stream()),
+        cuda::LaunchSwiGluBackward(
+            KernelDtypeOf(g, "FusedSwiGlu", "gate"), g.numel(), g.data_ptr(),
+            u.data_ptr(), d.data_ptr(), dg.data_ptr(), du.data_ptr(), Stream()),
         "FusedSwiGlu backward launch");
     return {dg, du};
   }
@@ -155,10 +140,11 @@ class RopeFunction : public torch::autograd::Function<RopeFunction> {
     torch::Tensor xc = x.contiguous(), cc = cos.contiguous(),
                   sc = sin.contiguous();
     torch::Tensor out = torch::empty_like(xc);
-    CheckLaunch(cuda::LaunchRopeForward(
-                    DtypeOf(xc, "FusedRope"), b * t, h, d, xc.data_ptr(),
-                    cc.data_ptr(), sc.data_ptr(), out.data_ptr(), Stream()),
-                "FusedRope forward launch");
+    CheckLaunch(
+        cuda::LaunchRopeForward(KernelDtypeOf(xc, "FusedRope", "x"), b * t, h,
+                                d, xc.data_ptr(), cc.data_ptr(), sc.data_ptr(),
+                                out.data_ptr(), Stream()),
+        "FusedRope forward launch");
     ctx->save_for_backward({cc, sc});
     ctx->saved_data["heads"] = h;
     return out;
@@ -173,11 +159,11 @@ class RopeFunction : public torch::autograd::Function<RopeFunction> {
     const torch::Tensor g = grads[0].to(cc.scalar_type()).contiguous();
     torch::Tensor dx = torch::empty_like(g);
     const int64_t d = g.size(3);
-    CheckLaunch(
-        cuda::LaunchRopeBackward(DtypeOf(g, "FusedRope"), g.size(0) * g.size(1),
-                                 h, d, cc.data_ptr(), sc.data_ptr(),
-                                 g.data_ptr(), dx.data_ptr(), Stream()),
-        "FusedRope backward launch");
+    CheckLaunch(cuda::LaunchRopeBackward(KernelDtypeOf(g, "FusedRope", "x"),
+                                         g.size(0) * g.size(1), h, d,
+                                         cc.data_ptr(), sc.data_ptr(),
+                                         g.data_ptr(), dx.data_ptr(), Stream()),
+                "FusedRope backward launch");
     return {dx, torch::Tensor(), torch::Tensor()};
   }
 };
@@ -205,12 +191,12 @@ class MaskedMseFunction : public torch::autograd::Function<MaskedMseFunction> {
     torch::Tensor partials = torch::empty({cuda::kMseMaxPartials}, f32);
     torch::Tensor loss = torch::empty({}, f32);
     const int64_t tokens = p.size(0) * p.size(1), width = p.size(2);
-    CheckLaunch(
-        cuda::LaunchMaskedMseForward(
-            DtypeOf(p, "FusedMaskedMse"), tokens, width, p.data_ptr(),
-            r.data_ptr(), m.data_ptr<float>(), static_cast<float>(scale),
-            partials.data_ptr<float>(), loss.data_ptr<float>(), Stream()),
-        "FusedMaskedMse forward launch");
+    CheckLaunch(cuda::LaunchMaskedMseForward(
+                    KernelDtypeOf(p, "FusedMaskedMse", "pred"), tokens, width,
+                    p.data_ptr(), r.data_ptr(), m.data_ptr<float>(),
+                    static_cast<float>(scale), partials.data_ptr<float>(),
+                    loss.data_ptr<float>(), Stream()),
+                "FusedMaskedMse forward launch");
     ctx->save_for_backward({p, r, m});
     ctx->saved_data["scale"] = scale;
     return loss;
@@ -225,12 +211,13 @@ class MaskedMseFunction : public torch::autograd::Function<MaskedMseFunction> {
     c10::cuda::CUDAGuard guard(p.device());
     const torch::Tensor g = grads[0].to(torch::kFloat32).contiguous();
     torch::Tensor dp = torch::empty_like(p);
-    CheckLaunch(cuda::LaunchMaskedMseBackward(
-                    DtypeOf(p, "FusedMaskedMse"), p.size(0) * p.size(1),
-                    p.size(2), p.data_ptr(), r.data_ptr(), m.data_ptr<float>(),
-                    static_cast<float>(scale), g.data_ptr<float>(),
-                    dp.data_ptr(), Stream()),
-                "FusedMaskedMse backward launch");
+    CheckLaunch(
+        cuda::LaunchMaskedMseBackward(
+            KernelDtypeOf(p, "FusedMaskedMse", "pred"), p.size(0) * p.size(1),
+            p.size(2), p.data_ptr(), r.data_ptr(), m.data_ptr<float>(),
+            static_cast<float>(scale), g.data_ptr<float>(), dp.data_ptr(),
+            Stream()),
+        "FusedMaskedMse backward launch");
     return {dp, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };

@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "worker/engine/cuda/qdq_kernels.h"
+#include "worker/engine/cuda/torch_interop.h"
 #endif
 
 namespace roundhouse::engine {
@@ -31,22 +32,10 @@ bool FusedQdqEnabledByEnv() {
 #ifdef ROUNDHOUSE_WITH_CUDA
 namespace {
 
+using cuda::CheckLaunch;
+using cuda::KernelDtypeOf;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-cuda::QdqDtype KernelDtype(const torch::Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat32:
-      return cuda::QdqDtype::kFloat32;
-    case torch::kBFloat16:
-      return cuda::QdqDtype::kBFloat16;
-    case torch::kFloat16:
-      return cuda::QdqDtype::kFloat16;
-    default:
-      TORCH_CHECK(false, "FusedQdq: weight dtype must be float32, bfloat16 "
-                         "or float16, got ", t.scalar_type());
-  }
-}
 
 void CheckF32(const torch::Tensor& t, const char* name,
               const torch::Tensor& weight, at::IntArrayRef shape) {
@@ -75,7 +64,7 @@ Geometry CheckAndDescribe(const torch::Tensor& weight, const torch::Tensor& v,
   TORCH_CHECK(weight.is_cuda(), "FusedQdq: weight must be a CUDA tensor, got ",
               weight.device());
   TORCH_CHECK(weight.is_contiguous(), "FusedQdq: weight must be contiguous");
-  KernelDtype(weight);
+  KernelDtypeOf(weight, "FusedQdq", "weight");
   TORCH_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8,
               "FusedQdq: bits must be 2, 3, 4 or 8, got ", bits);
   TORCH_CHECK(v.defined() && v.dim() == 2 && v.size(1) > 0,
@@ -107,10 +96,6 @@ float* OptionalData(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<float>() : nullptr;
 }
 
-void CheckLaunch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
-}
-
 class FusedQdqFunction : public torch::autograd::Function<FusedQdqFunction> {
  public:
   // min/max scales are optional arguments (nullopt when min/max tuning is
@@ -127,13 +112,13 @@ class FusedQdqFunction : public torch::autograd::Function<FusedQdqFunction> {
         CheckAndDescribe(weight, v, min_s, max_s, wmin, wmax, bits, sym);
     c10::cuda::CUDAGuard guard(weight.device());
     torch::Tensor out = torch::empty_like(weight);
-    CheckLaunch(cuda::LaunchQdqForward(
-                    KernelDtype(weight), geo.shape, geo.scheme,
-                    weight.data_ptr(), v.data_ptr<float>(),
-                    OptionalData(min_s), OptionalData(max_s),
-                    wmin.data_ptr<float>(), wmax.data_ptr<float>(),
-                    out.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
-                "FusedQdq forward launch");
+    CheckLaunch(
+        cuda::LaunchQdqForward(
+            KernelDtypeOf(weight, "FusedQdq", "weight"), geo.shape, geo.scheme,
+            weight.data_ptr(), v.data_ptr<float>(), OptionalData(min_s),
+            OptionalData(max_s), wmin.data_ptr<float>(), wmax.data_ptr<float>(),
+            out.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
+        "FusedQdq forward launch");
     // The backward recomputes the per-element quantities from the inputs
     // instead of keeping a mask: no extra memory between the passes.
     if (min_s.defined()) {
@@ -173,15 +158,15 @@ class FusedQdqFunction : public torch::autograd::Function<FusedQdqFunction> {
       grad_min = torch::empty_like(min_s);
       grad_max = torch::empty_like(max_s);
     }
-    CheckLaunch(cuda::LaunchQdqBackward(
-                    KernelDtype(weight), geo.shape, geo.scheme,
-                    weight.data_ptr(), v.data_ptr<float>(),
-                    OptionalData(min_s), OptionalData(max_s),
-                    wmin.data_ptr<float>(), wmax.data_ptr<float>(),
-                    grad_out.data_ptr(), grad_v.data_ptr<float>(),
-                    OptionalData(grad_min), OptionalData(grad_max),
-                    c10::cuda::getCurrentCUDAStream().stream()),
-                "FusedQdq backward launch");
+    CheckLaunch(
+        cuda::LaunchQdqBackward(
+            KernelDtypeOf(weight, "FusedQdq", "weight"), geo.shape, geo.scheme,
+            weight.data_ptr(), v.data_ptr<float>(), OptionalData(min_s),
+            OptionalData(max_s), wmin.data_ptr<float>(), wmax.data_ptr<float>(),
+            grad_out.data_ptr(), grad_v.data_ptr<float>(),
+            OptionalData(grad_min), OptionalData(grad_max),
+            c10::cuda::getCurrentCUDAStream().stream()),
+        "FusedQdq backward launch");
     // One entry per forward argument: weight, v, min_s, max_s, wmin, wmax,
     // bits, sym.
     return {torch::Tensor(), grad_v,          grad_min,        grad_max,
