@@ -12,9 +12,12 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/safetensors.h"
+#include "worker/engine/test_tensors.h"
 
 namespace roundhouse::engine {
 namespace {
+
+using ::roundhouse::engine::test_util::RelErr;
 
 using ::roundhouse::testing_support::InCi;
 using ::roundhouse::testing_support::SharedDir;
@@ -327,13 +330,6 @@ TEST(DecoderBlockTest, PositionIdsFromMask) {
       torch::equal(pos, torch::tensor({1, 1, 0, 1, 0, 1, 2, 1}).view({2, 4})));
 }
 
-// Parity with Hugging Face transformers: the file is written by
-// worker/engine/tools/block_parity.py on a machine with transformers.
-double RelErr(const torch::Tensor& a, const torch::Tensor& b) {
-  torch::Tensor bf = b.to(torch::kFloat64);
-  return ((a.to(torch::kFloat64) - bf).norm() / bf.norm()).item<double>();
-}
-
 // Fused attention (CUDA, libtorch >= 2) against the eager path on the same
 // device: outputs of real tokens and the gradient of an override weight.
 // Tolerances: fp32 1e-4 (the kernels reorder the softmax sums), bf16 1e-2
@@ -386,6 +382,8 @@ TEST(DecoderBlockCudaTest, FusedAttentionMatchesEager) {
   }
 }
 
+// Parity with Hugging Face transformers: the file is written by
+// worker/engine/tools/block_parity.py on a machine with transformers.
 TEST(DecoderBlockTest, ParityWithTransformers) {
   const char* path = std::getenv("RH_PARITY_FILE");
   if (path == nullptr || *path == '\0') {

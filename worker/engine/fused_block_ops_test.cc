@@ -7,9 +7,12 @@
 
 #include "gtest/gtest.h"
 #include "worker/engine/decoder_block.h"
+#include "worker/engine/test_tensors.h"
 
 namespace roundhouse::engine {
 namespace {
+
+using ::roundhouse::engine::test_util::RelErr;
 
 // The fused ops against the libtorch chains they replace (decoder_block.cc,
 // signround.cc), run on the same CUDA device, values and gradients.
@@ -26,13 +29,6 @@ namespace {
     }                                                                   \
   } while (0)
 
-double RelErr(const torch::Tensor& a, const torch::Tensor& b) {
-  torch::Tensor a32 = a.detach().to(torch::kCPU, torch::kFloat64);
-  torch::Tensor b32 = b.detach().to(torch::kCPU, torch::kFloat64);
-  const double den = b32.norm().item<double>();
-  const double num = (a32 - b32).norm().item<double>();
-  return den > 0 ? num / den : num;
-}
 
 double Tol(c10::ScalarType t) { return t == torch::kFloat32 ? 1e-5 : 2e-3; }
 

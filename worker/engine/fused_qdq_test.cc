@@ -12,6 +12,7 @@
 
 #include "gtest/gtest.h"
 #include "worker/engine/quantizer.h"
+#include "worker/engine/test_tensors.h"
 
 #ifdef ROUNDHOUSE_WITH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
@@ -21,6 +22,8 @@
 
 namespace roundhouse::engine {
 namespace {
+
+using ::roundhouse::engine::test_util::RelErr;
 
 // ---------------------------------------------------------------------------
 // Plain C++ reference of the fused kernels' math (the formulas of
@@ -159,15 +162,6 @@ RefQdq ReferenceQdq(const torch::Tensor& weight, const torch::Tensor& v_t,
   return ref;
 }
 
-// ||a - b|| / ||b|| (in double); 0 when both are all zero.
-double RelErr(const torch::Tensor& a, const torch::Tensor& b) {
-  torch::Tensor ad = a.detach().to(torch::kCPU, torch::kFloat64);
-  torch::Tensor bd = b.detach().to(torch::kCPU, torch::kFloat64);
-  const double diff = (ad - bd).norm().item<double>();
-  const double base = bd.norm().item<double>();
-  if (base == 0) return diff == 0 ? 0 : INFINITY;
-  return diff / base;
-}
 
 // Gradients of min_scale/max_scale. Autograd of the chain rounds the
 // scale's gradient to fp16 (the forward's .to(float16).to(float32)), so an
