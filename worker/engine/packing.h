@@ -63,7 +63,8 @@ struct PackedLinear {
 };
 
 // InvalidArgument (naming the field / shape) when the result does not fit
-// the packing (bits, divisibility, shapes of scale/zero/codes).
+// the packing (bits, divisibility, shapes of scale/zero/codes). Reads
+// qdq.codes (any integer dtype), scale and zero; never weight_qdq.
 absl::StatusOr<PackedLinear> PackLinear(
     Packing packing, const QdqResult& qdq, const QuantParams& params,
     const std::optional<torch::Tensor>& bias);

@@ -59,6 +59,9 @@ struct QdqResult {
   torch::Tensor zero;
   // [out, in] int32 unsigned codes u in [0, 2^b-1]; W_qdq = (u - zero) *
   // scale exactly (computed in fp32, then cast to the weight dtype).
+  // Consumers (PackLinear, the checkpoint store) accept any integer dtype:
+  // the pipeline keeps its host copies as uint8 (b <= 8) and drops
+  // weight_qdq when no checkpoint store needs it.
   torch::Tensor codes;
 };
 
