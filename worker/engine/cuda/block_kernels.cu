@@ -1,5 +1,3 @@
-#include "worker/engine/cuda/block_kernels.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -7,6 +5,7 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "worker/engine/cuda/block_kernels.h"
 #include "worker/engine/cuda/device_common.cuh"
 
 // Memory-bound kernels: each thread moves 16-byte packs where the sizes and
@@ -319,6 +318,24 @@ bool AllAligned(std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+// Both directions run the same kernel; `in` is x forward, the output
+// gradient backward.
+cudaError_t LaunchRope(bool backward, ActDtype dtype, int64_t tokens,
+                       int64_t heads, int64_t dim, const void* in,
+                       const void* cos, const void* sin, void* out,
+                       cudaStream_t stream) {
+  if (dim % 2 != 0) return cudaErrorInvalidValue;
+  if (tokens <= 0 || heads <= 0 || dim < 2) return cudaSuccess;
+  return ByDtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    RopeKernel<T><<<GridFor(tokens * heads * (dim / 2)), kThreads, 0, stream>>>(
+        backward, tokens, heads, dim, static_cast<const T*>(in),
+        static_cast<const T*>(cos), static_cast<const T*>(sin),
+        static_cast<T*>(out));
+    return cudaGetLastError();
+  });
+}
+
 }  // namespace
 
 cudaError_t LaunchRmsNormForward(ActDtype dtype, int64_t rows, int64_t dim,
@@ -410,34 +427,16 @@ cudaError_t LaunchSwiGluBackward(ActDtype dtype, int64_t n, const void* gate,
 cudaError_t LaunchRopeForward(ActDtype dtype, int64_t tokens, int64_t heads,
                               int64_t dim, const void* x, const void* cos,
                               const void* sin, void* out, cudaStream_t stream) {
-  if (tokens <= 0 || heads <= 0 || dim < 2 || dim % 2 != 0) {
-    return dim % 2 != 0 ? cudaErrorInvalidValue : cudaSuccess;
-  }
-  return ByDtype(dtype, [&](auto zero) {
-    using T = decltype(zero);
-    RopeKernel<T><<<GridFor(tokens * heads * (dim / 2)), kThreads, 0, stream>>>(
-        false, tokens, heads, dim, static_cast<const T*>(x),
-        static_cast<const T*>(cos), static_cast<const T*>(sin),
-        static_cast<T*>(out));
-    return cudaGetLastError();
-  });
+  return LaunchRope(/*backward=*/false, dtype, tokens, heads, dim, x, cos, sin,
+                    out, stream);
 }
 
 cudaError_t LaunchRopeBackward(ActDtype dtype, int64_t tokens, int64_t heads,
                                int64_t dim, const void* cos, const void* sin,
                                const void* grad_out, void* grad_x,
                                cudaStream_t stream) {
-  if (tokens <= 0 || heads <= 0 || dim < 2 || dim % 2 != 0) {
-    return dim % 2 != 0 ? cudaErrorInvalidValue : cudaSuccess;
-  }
-  return ByDtype(dtype, [&](auto zero) {
-    using T = decltype(zero);
-    RopeKernel<T><<<GridFor(tokens * heads * (dim / 2)), kThreads, 0, stream>>>(
-        true, tokens, heads, dim, static_cast<const T*>(grad_out),
-        static_cast<const T*>(cos), static_cast<const T*>(sin),
-        static_cast<T*>(grad_x));
-    return cudaGetLastError();
-  });
+  return LaunchRope(/*backward=*/true, dtype, tokens, heads, dim, grad_out, cos,
+                    sin, grad_x, stream);
 }
 
 cudaError_t LaunchMaskedMseForward(ActDtype dtype, int64_t tokens,
